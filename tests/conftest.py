@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny models built from configs, saved where oneshot can reload them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from tests.sdpa_lm import SdpaLMConfig, SdpaLMForMaskedDiffusion
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY_DLM = SHARED / "models" / "tiny-dlm"
+TINY_AR = SHARED / "models" / "tiny-ar"
+CORPUS = SHARED / "data" / "corpus.txt.gz"
+HELDOUT = SHARED / "data" / "heldout.txt.gz"
+
+VOCAB = 64
+MASK_ID = 2
+
+AutoConfig.register(SdpaLMConfig.model_type, SdpaLMConfig, exist_ok=True)
+AutoModelForCausalLM.register(SdpaLMConfig, SdpaLMForMaskedDiffusion, exist_ok=True)
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A 64-token word-level tokenizer with pad/eos/mask, built in memory."""
+    vocab = {"<|pad|>": 0, "<|eos|>": 1, "<|mask|>": MASK_ID, "<|unk|>": 3}
+    vocab.update({f"w{i}": i for i in range(4, VOCAB)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|pad|>",
+        eos_token="<|eos|>",
+        mask_token="<|mask|>",
+        unk_token="<|unk|>",
+        model_max_length=64,
+    )
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    values = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        is_causal=False,
+        mask_token_id=MASK_ID,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def _save(model, path: Path) -> Path:
+    model.save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A random bidirectional Llama (is_causal=False in config.json), with tokenizer."""
+    torch.manual_seed(0)
+    return _save(LlamaForCausalLM(tiny_llama_config()), tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def sdpa_lm_dir(tmp_path_factory) -> Path:
+    """A random LLaDA-shaped model whose attention only calls SDPA."""
+    torch.manual_seed(0)
+    model = SdpaLMForMaskedDiffusion(SdpaLMConfig(vocab_size=VOCAB, mask_token_id=MASK_ID))
+    return _save(model, tmp_path_factory.mktemp("sdpa_lm"))
+
+
+def noised_rows(num_rows: int, seq_len: int, seed: int = 0, mask_rate: float = 0.4) -> torch.Tensor:
+    """Random token rows with a share of mask tokens, like noised calibration rows."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (num_rows, seq_len), generator=g)
+    ids[torch.rand(num_rows, seq_len, generator=g) < mask_rate] = MASK_ID
+    return ids
+
+
+def rows_loader(ids: torch.Tensor, batch_size: int = 1) -> torch.utils.data.DataLoader:
+    rows = [{"input_ids": r, "attention_mask": torch.ones_like(r)} for r in ids]
+    return torch.utils.data.DataLoader(
+        rows,
+        batch_size=batch_size,
+        collate_fn=lambda b: {k: torch.stack([x[k] for x in b]) for k in b[0]},
+    )
+
+
+def requires_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is not present (../shared beside the repo)")
