@@ -171,7 +171,8 @@ def noise_windows(
         )
     if clean_ids.dtype != torch.long:
         raise ValueError(f"clean_ids must have dtype torch.long, got {clean_ids.dtype}")
-    _check_int("mask_token_id", mask_token_id, minimum=0)
+    # -1 is allowed only for clean-only grids (causal models have no mask token).
+    _check_int("mask_token_id", mask_token_id, minimum=-1 if all(t == 0 for t in grid) else 0)
     _check_int("seed", seed)
     mask_probability(0.5, eps)  # validates eps once, before the loop
     rows = [
@@ -221,9 +222,13 @@ def build_diffusion_calibration(
     mask_probability(0.5, eps)  # validate eps before any expensive work
     if config is not None:
         check_seq_len(seq_len, config)
-    if mask_token_id is None:
+    clean_only = all(t == 0 for t in grid)
+    if mask_token_id is None and clean_only:
+        # Clean rows never use the mask token; causal models usually have none.
+        mask_token_id = -1 if _no_mask_token(tokenizer, config) else resolve_mask_token_id(tokenizer, config)
+    elif mask_token_id is None:
         mask_token_id = resolve_mask_token_id(tokenizer, config)
-    _check_int("mask_token_id", mask_token_id, minimum=0)
+    _check_int("mask_token_id", mask_token_id, minimum=-1 if clean_only else 0)
     vocab_size = getattr(config, "vocab_size", None) if config is not None else None
     if isinstance(vocab_size, int) and mask_token_id >= vocab_size:
         raise ValueError(
@@ -253,6 +258,14 @@ def build_diffusion_calibration(
         seed=seed,
         eps=float(eps),
     )
+
+
+def _no_mask_token(tokenizer: Any, config: Any) -> bool:
+    try:
+        resolve_mask_token_id(tokenizer, config)
+    except ValueError:
+        return True
+    return False
 
 
 def _given_windows(windows: torch.Tensor, seq_len: int, num_samples: int) -> torch.LongTensor:

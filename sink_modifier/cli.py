@@ -1,0 +1,109 @@
+"""``sink-modifier``: prune and evaluate diffusion LMs from the command line.
+
+Argument parsing and wiring only; the work is in :mod:`sink_modifier.prune` and
+:mod:`sink_modifier.evaluation.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sink_modifier.loading import DTYPES
+
+__all__ = ["main"]
+
+
+def _timesteps(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--timesteps takes comma-separated floats in [0, 1], got {text!r}") from err
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sink-modifier", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser("prune", help="prune a model with a YAML recipe on DLM calibration data")
+    prune.add_argument("--model", required=True, help="model folder (from_pretrained path)")
+    prune.add_argument("--recipe", required=True, help="llm-compressor YAML recipe")
+    prune.add_argument("--data", required=True, help="calibration text: .txt/.txt.gz (blank-line separated) or .jsonl")
+    prune.add_argument("--output", required=True, help="folder to write; appears only when complete")
+    prune.add_argument("--num-samples", type=_positive, default=32, help="calibration windows (default 32)")
+    prune.add_argument("--seq-len", type=_positive, default=None, help="tokens per window (default: model maximum)")
+    prune.add_argument("--seed", type=int, default=0, help="seed for windows and noise (default 0)")
+    prune.add_argument("--timesteps", type=_timesteps, default=None,
+                       help="comma-separated diffusion timesteps (default: LLaDA grid 0.1..1.0; 0 = clean rows)")
+    prune.add_argument("--batch-size", type=_positive, default=1)
+    prune.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype while pruning")
+    prune.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential",
+                       help="llm-compressor calibration pipeline (basic = paper's one-shot statistics)")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on held-out text")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True, help="held-out text (.txt/.txt.gz/.jsonl)")
+    evaluate.add_argument("--num-windows", type=_positive, default=64)
+    evaluate.add_argument("--seq-len", type=_positive, default=None)
+    evaluate.add_argument("--seed", type=int, default=0, help="seed for windows and masks (same for every model)")
+    evaluate.add_argument("--mc-samples", type=_positive, default=8, help="Monte-Carlo rows per window for the NELBO")
+    evaluate.add_argument("--batch-size", type=_positive, default=8)
+    evaluate.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--trust-remote-code", action="store_true")
+    return parser
+
+
+def _run_prune(args) -> int:
+    from sink_modifier.prune import prune_checkpoint
+
+    result = prune_checkpoint(
+        args.model, args.recipe, args.data, args.output,
+        num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, timesteps=args.timesteps,
+        batch_size=args.batch_size, dtype=args.dtype, pipeline=args.pipeline,
+        overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+    )
+    sparsity = result.metadata["sparsity"]
+    print(f"wrote {result.output_dir}: {sparsity['num_layers']} layers, overall sparsity {sparsity['overall']:.4f}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    from sink_modifier.evaluation.checkpoint import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.model, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
+        mc_samples=args.mc_samples, batch_size=args.batch_size, dtype=args.dtype,
+        progress=not args.json, trust_remote_code=args.trust_remote_code,
+    )
+    if args.json:
+        print(json.dumps(result))
+    elif result["kind"] == "diffusion":
+        ce = ", ".join(f"{r}: {v:.4f}" for r, v in result["masked_ce"].items())
+        print(f"NELBO {result['nelbo']:.4f} ± {result['nelbo_stderr']:.4f} nats/token; masked CE {ce}")
+    else:
+        print(f"perplexity {result['ppl']:.3f} (CE {result['ce']:.4f} nats/token)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"prune": _run_prune, "eval": _run_eval}[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"sink-modifier {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The eval workflow behind ``sink-modifier eval``: a model folder and a text file in, one dict out.
+
+Held-out windows and evaluation masks depend only on ``(data, seq_len, num_windows, seed)``,
+never on the model, so a dense checkpoint and its pruned copies evaluated with the same
+arguments are scored on identical tokens and masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sink_modifier.diffusion import (
+    is_diffusion_config,
+    load_documents,
+    max_sequence_length,
+    resolve_mask_token_id,
+    token_windows,
+)
+from sink_modifier.evaluation.evaluate import evaluate_model
+from sink_modifier.loading import load_model, load_tokenizer
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(
+    model_path: str | Path,
+    data,
+    *,
+    num_windows: int = 64,
+    seq_len: int | None = None,
+    seed: int = 0,
+    mc_samples: int = 8,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    max_chars: int | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Evaluate a saved model on ``num_windows`` windows of ``data``; see ``evaluate_model``."""
+    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    model = load_model(model_path, dtype, trust_remote_code)
+    seq_len = seq_len or max_sequence_length(model.config) or 2048
+    windows = token_windows(load_documents(data, max_chars=max_chars), tokenizer, seq_len, num_windows, seed=seed)
+    diffusion = is_diffusion_config(model.config)
+    result = evaluate_model(
+        model,
+        windows,
+        diffusion=diffusion,
+        mask_token_id=resolve_mask_token_id(tokenizer, model.config) if diffusion else None,
+        seed=seed,
+        mc_samples=mc_samples,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return {"model": str(model_path), "data": str(data), "kind": "diffusion" if diffusion else "causal", **result}

@@ -1,0 +1,140 @@
+"""The CLI end to end: prune -> atomic checkpoint -> reload -> eval, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+from sink_modifier.cli import main
+from sink_modifier.export import METADATA_FILE, write_atomically
+from sink_modifier.prune import prune_checkpoint
+from tests.conftest import CORPUS, REPO, TINY_DLM, VOCAB, _save, requires_shared, tiny_llama_config
+
+RECIPE_50 = str(REPO / "recipes" / "sink_wanda_50.yaml")
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    rng = random.Random(0)
+    docs = [" ".join(f"w{rng.randrange(4, VOCAB)}" for _ in range(rng.randrange(20, 80))) for _ in range(60)]
+    path = tmp_path_factory.mktemp("data") / "docs.txt"
+    path.write_text("\n\n".join(docs) + "\n")
+    return path
+
+
+def block_linears(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+
+
+def test_prune_writes_a_checkpoint_that_reloads_with_identical_logits(tiny_llama_dir, text_file, tmp_path):
+    out = tmp_path / "pruned"
+    result = prune_checkpoint(tiny_llama_dir, RECIPE_50, text_file, out, num_samples=3, seq_len=32, seed=1)
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["sparsity"]["num_layers"] == 14
+    assert all(v == 0.5 for v in meta["sparsity"]["per_layer"].values())
+    assert meta["calibration"]["rows"] == 30 and meta["seed"] == 1
+    assert meta["modifiers"][0]["type"] == "SinkAwareWandaPruningModifier"
+    assert {"torch", "transformers", "llmcompressor"} <= set(meta["versions"])
+    assert (out / "recipe.yaml").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["is_causal"] is False and not config.get("sparsity_config")
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(3, VOCAB, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = result.model.float()(ids).logits
+        got = reloaded(ids).logits
+    torch.testing.assert_close(got, expected)
+    for name, module in block_linears(reloaded).items():
+        assert torch.all((module.weight == 0).sum(1) == module.in_features // 2), name
+    assert not list(tmp_path.glob(".pruned.partial-*"))
+
+
+def test_existing_output_is_kept_unless_overwrite(tiny_llama_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["prune", "--model", str(tiny_llama_dir), "--recipe", RECIPE_50, "--data", str(text_file),
+            "--output", str(out), "--num-samples", "2", "--seq-len", "16"]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / METADATA_FILE).exists()
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    def explode(folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(tmp_path / "ckpt", explode, metadata={"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_json_for_diffusion_and_causal_models(tiny_llama_dir, text_file, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_llama_dir), "--data", str(text_file), "--num-windows", "3",
+                 "--seq-len", "32", "--mc-samples", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "diffusion"
+    assert {"nelbo", "nelbo_stderr", "masked_ce"} <= set(result)
+    assert set(result["masked_ce"]) == {"0.15", "0.5", "0.9"}
+    # a random model over 64 tokens is near log(64) nats
+    assert 3.0 < result["masked_ce"]["0.5"] < 6.0
+
+    causal = _save(LlamaForCausalLM(tiny_llama_config(is_causal=True)), tmp_path / "causal")
+    assert main(["eval", "--model", str(causal), "--data", str(text_file), "--num-windows", "3",
+                 "--seq-len", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "causal" and result["ppl"] == pytest.approx(2.718281828 ** result["ce"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make_data,extra,message",
+    [
+        (lambda p: p.write_text("\n\n\n"), [], "no text documents"),
+        (None, ["--seq-len", "1000"], "1000"),
+        (None, ["--recipe", "missing.yaml"], "missing.yaml"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tiny_llama_dir, text_file, tmp_path, capsys, make_data, extra, message):
+    data = text_file
+    if make_data is not None:
+        data = tmp_path / "empty.txt"
+        make_data(data)
+    args = ["prune", "--model", str(tiny_llama_dir), "--recipe", RECIPE_50, "--data", str(data),
+            "--output", str(tmp_path / "o"), "--num-samples", "2", "--seq-len", "16"]
+    code = main(args + extra)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_diffusion_model_without_mask_token_is_refused(tmp_path, text_file, capsys):
+    from tests.conftest import word_tokenizer
+
+    model_dir = tmp_path / "nomask"
+    LlamaForCausalLM(tiny_llama_config(mask_token_id=None)).save_pretrained(model_dir)
+    tok = word_tokenizer()
+    tok.mask_token = None
+    tok.save_pretrained(model_dir)
+    code = main(["prune", "--model", str(model_dir), "--recipe", RECIPE_50, "--data", str(text_file),
+                 "--output", str(tmp_path / "o"), "--num-samples", "2", "--seq-len", "16"])
+    assert code == 2 and "mask token" in capsys.readouterr().err
+
+
+@requires_shared(TINY_DLM)
+def test_recipe_on_shipped_tiny_dlm_gives_exactly_half_in_every_linear(tmp_path, capsys):
+    out = tmp_path / "tiny-dlm-50"
+    assert main(["prune", "--model", str(TINY_DLM), "--recipe", RECIPE_50, "--data", str(CORPUS),
+                 "--output", str(out), "--num-samples", "2", "--seq-len", "128"]) == 0
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["sparsity"]["num_layers"] == 8 * 7
+    assert all(v == 0.5 for v in meta["sparsity"]["per_layer"].values())
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for name, module in block_linears(model).items():
+        assert torch.all((module.weight == 0).sum(1) == module.in_features // 2), name
