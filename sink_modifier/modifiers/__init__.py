@@ -2,9 +2,11 @@
 
 from llmcompressor.modifiers.factory import ModifierFactory
 
+from sink_modifier.modifiers.mask_preserving_gptq import MaskPreservingGPTQModifier
+from sink_modifier.modifiers.sink_sparsegpt import SinkAwareSparseGPTModifier
 from sink_modifier.modifiers.sink_wanda import SinkAwareWandaPruningModifier
 
-__all__ = ["SinkAwareWandaPruningModifier"]
+__all__ = ["MaskPreservingGPTQModifier", "SinkAwareSparseGPTModifier", "SinkAwareWandaPruningModifier"]
 
-for _cls in (SinkAwareWandaPruningModifier,):
+for _cls in (MaskPreservingGPTQModifier, SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier,):
     ModifierFactory.register(_cls.__name__, _cls)

@@ -20,28 +20,18 @@ from typing import Literal
 
 import torch
 
+from sink_modifier.modifiers.weighted_inputs import SCORING_DTYPE, weighted_rows
+
 __all__ = [
     "STATISTICS",
     "Statistic",
     "accumulate_statistic",
     "column_scale",
     "prune_mask",
-    "weighted_rows",
 ]
 
 Statistic = Literal["rms", "sum_of_norms"]
 STATISTICS: tuple[str, ...] = ("rms", "sum_of_norms")
-SCORING_DTYPE = torch.float32
-
-
-def weighted_rows(inputs: torch.Tensor, token_weights: torch.Tensor | None) -> torch.Tensor:
-    """Inputs ``[B, T, d]`` (or ``[T, d]``) scaled per token, as float32 ``[B, T, d]``."""
-    x = inputs.to(SCORING_DTYPE)
-    if x.dim() == 2:
-        x = x.unsqueeze(0)
-    if token_weights is not None:
-        x = x * token_weights.to(device=x.device, dtype=SCORING_DTYPE).reshape(x.shape[0], x.shape[1], 1)
-    return x
 
 
 def accumulate_statistic(

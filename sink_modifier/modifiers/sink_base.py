@@ -1,0 +1,208 @@
+"""What every sink-aware pruning modifier shares: settings, validation, and the sink-mask lifecycle.
+
+How the global sink masks fit llm-compressor's lifecycle
+--------------------------------------------------------
+The paper's mask for a calibration row is computed from the attention mass summed over
+*all* layers of the dense model, but llm-compressor's sequential pipeline calibrates
+layer 0 on every batch before layer 1 has seen any. So the masks must exist before the
+first Linear of the first decoder layer runs, without a calibration pass of our own in
+``on_initialize`` (that is what breaks OWL in llm-compressor 0.14: events cannot fire
+before the session is initialised).
+
+We hang a forward-pre hook on the input embedding. Every pipeline (basic and sequential)
+runs the embedding first for each batch and sets ``state.current_batch_idx``. When the
+hook sees a batch for the first time it runs one forward of the still-dense model on that
+batch's token ids with all modifier hooks disabled, reads the attention mass
+(:mod:`sink_modifier.sinks.observe`), and stores per-token weights ``1 - s`` under the
+batch index. The Linear hooks then look the weights up by ``current_batch_idx``. In the
+sequential pipeline the embedding subgraph runs for all batches before any decoder
+layer, so every mask comes from the dense model, as in the paper. ``sink_weighting:
+false`` skips the sink pass and gives the identical pipeline without down-weighting.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from loguru import logger
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from llmcompressor.core import State, active_session
+from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
+from llmcompressor.modifiers.utils.hooks import HooksMixin
+
+from sink_modifier.sinks import global_attention_mass, token_weights
+
+__all__ = ["SinkAwareSparsityBase"]
+
+_MASK_STRUCTURE = re.compile(r"^(\d+):(\d+)$")
+
+
+class SinkAwareSparsityBase(SparsityModifierBase):
+    """Base of the sink-aware modifiers; subclasses implement ``calibrate_module`` and ``compress_modules``.
+
+    :param sparsity: fraction of weights to prune, in [0, 1) (ignored for N:M, where it is N/M).
+    :param mask_structure: ``"0:0"`` unstructured, or ``"N:M"``: N of every M consecutive
+        input weights of a row are pruned (``"2:4"``).
+    :param sink_std: ``k`` of the sink threshold ``mean + k * std`` of the attention mass.
+    :param sink_alpha: slope of the soft sink mask ``sigmoid(alpha * (mass - threshold))``.
+    :param sink_weighting: false runs the same pipeline with no down-weighting (ablation).
+    :param attention_chunk_size: queries per block when attention mass is recomputed
+        from q and k (SDPA models); ``None`` picks a block of about 64 MiB.
+    """
+
+    sparsity: float | list[float] | None = None
+    ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
+    sink_std: float = 2.0
+    sink_alpha: float = 5.0
+    sink_weighting: bool = True
+    attention_chunk_size: int | None = None
+
+    _model: torch.nn.Module | None = PrivateAttr(default=None)
+    _token_weights: dict[int, torch.Tensor | None] = PrivateAttr(default_factory=dict)
+    _pending_attention_mask: torch.Tensor | None = PrivateAttr(default=None)
+    _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
+
+    # -- validation (fails at recipe load, naming the field) ------------------------
+    @field_validator("sparsity", mode="after")
+    @classmethod
+    def _check_sparsity(cls, value):
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is not None and not 0.0 <= float(v) < 1.0:
+                raise ValueError(f"sparsity must be in [0, 1), got {v}; e.g. 0.5 prunes half the weights")
+        return value
+
+    @field_validator("mask_structure", mode="before")
+    @classmethod
+    def _check_mask_structure(cls, value):
+        match = _MASK_STRUCTURE.match(str(value).strip())
+        if not match:
+            raise ValueError(f"mask_structure must look like 'N:M' (e.g. '2:4') or '0:0', got {value!r}")
+        n, m = int(match[1]), int(match[2])
+        if (n, m) != (0, 0) and not 0 < n < m:
+            raise ValueError(
+                f"mask_structure {value!r} is invalid: N of every M weights are pruned, so 0 < N < M "
+                "(e.g. '2:4'); use '0:0' for unstructured sparsity"
+            )
+        return f"{n}:{m}"
+
+    @field_validator("sink_alpha")
+    @classmethod
+    def _check_alpha(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"sink_alpha must be > 0 (slope of the sink sigmoid), got {value}")
+        return value
+
+    @field_validator("attention_chunk_size")
+    @classmethod
+    def _check_chunk(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"attention_chunk_size must be >= 1 or null, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sparsity_given(self):
+        if self.sparsity is None and self.mask_structure == "0:0":
+            raise ValueError("sparsity is required for unstructured pruning (mask_structure '0:0'); e.g. sparsity: 0.5")
+        n, m = (int(p) for p in self.mask_structure.split(":"))
+        if n and isinstance(self.sparsity, float) and abs(self.sparsity - n / m) > 1e-6:
+            logger.warning(
+                f"mask_structure {self.mask_structure} prunes exactly {n / m:.0%} of weights; "
+                f"sparsity={self.sparsity} is ignored"
+            )
+        return self
+
+    # -- lifecycle -----------------------------------------------------------------
+    def on_initialize(self, state: State, **kwargs) -> bool:
+        super().on_initialize(state, **kwargs)
+        self._model = state.model
+        if self._input_embedding() is None:
+            raise ValueError(
+                f"{type(state.model).__name__} has no input embedding (get_input_embeddings() "
+                "returned None); sink-aware pruning needs it to see each batch's token ids"
+            )
+        return True
+
+    def on_calibration_start(self, state: State, event, **kwargs):
+        super().on_calibration_start(state, event, **kwargs)  # Linear hooks
+        self.register_hook(self._model, self._capture_attention_mask, "forward_pre", with_kwargs=True)
+        self.register_hook(self._input_embedding(), self._start_batch, "forward_pre")
+
+    def on_calibration_end(self, state: State, event, **kwargs):
+        super().on_calibration_end(state, event, **kwargs)
+        self._token_weights = dict()
+
+    def _finalize_checks(self, state: State, pending: dict) -> None:
+        if not self.ended_:
+            self.on_end(state, None)
+        if pending:
+            raise ValueError(f"Failed to compress {len(pending)} modules")
+        self._token_weights = dict()
+        self._module_names = dict()
+        self._module_sparsities = dict()
+
+    @property
+    def achieved_sparsity(self) -> dict[str, float]:
+        """Fraction of zeros in each pruned module's weight, by module name."""
+        return dict(self._achieved_sparsity)
+
+    def _record_sparsity(self, module: torch.nn.Module, weight: torch.Tensor) -> str:
+        name = self._module_names[module].rstrip(".")  # upstream names Linear targets "x.q_proj."
+        self._achieved_sparsity[name] = float((weight == 0).float().mean())
+        return name
+
+    # -- sink weights per batch -------------------------------------------------------
+    def _input_embedding(self) -> torch.nn.Module | None:
+        getter = getattr(self._model, "get_input_embeddings", None)
+        return getter() if callable(getter) else None
+
+    def _capture_attention_mask(self, _module, _args, kwargs):
+        # Fires only where the pipeline calls the whole model (basic); the sequential
+        # pipeline calls traced subgraphs, and its rows are unpadded windows.
+        self._pending_attention_mask = kwargs.get("attention_mask")
+
+    def _start_batch(self, _module, args):
+        batch_idx = active_session().state.current_batch_idx
+        if batch_idx in self._token_weights:
+            return
+        input_ids = args[0]
+        valid = self._pending_attention_mask
+        self._pending_attention_mask = None
+        if valid is not None and (valid.shape != input_ids.shape or bool(valid.all())):
+            valid = None
+        if self.sink_weighting:
+            with HooksMixin.disable_hooks():
+                weights = self.batch_token_weights(input_ids, valid)
+        else:
+            weights = None if valid is None else valid.float()
+        self._token_weights[batch_idx] = weights
+
+    def sink_mass(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Global attention mass ``[B, T]`` of ``input_ids`` under the (dense) model."""
+        return global_attention_mass(self._model, input_ids, valid, chunk_size=self.attention_chunk_size)
+
+    def batch_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Per-token weights ``1 - s`` of one calibration batch (the paper: one mask per row)."""
+        return token_weights(self.sink_mass(input_ids, valid), self.sink_std, self.sink_alpha, valid)
+
+    def weights_for(self, module: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The current batch's token weights aligned with a Linear's ``inputs``: ``([B,T,d], [B,T] | None)``."""
+        batch_idx = active_session().state.current_batch_idx
+        if batch_idx not in self._token_weights:
+            raise RuntimeError(
+                f"no sink weights for calibration batch {batch_idx} at {self._module_names[module]}: "
+                "the model's input embedding did not run before this layer"
+            )
+        weights = self._token_weights[batch_idx]
+        if inputs.dim() == 2:
+            inputs = inputs.unsqueeze(0)
+            if weights is not None and weights.numel() == inputs.shape[1]:
+                weights = weights.reshape(1, -1)  # token-flattened inputs
+        if weights is not None and tuple(inputs.shape[:-1]) != tuple(weights.shape):
+            raise ValueError(
+                f"{self._module_names[module]} receives inputs of shape {tuple(inputs.shape)}, "
+                f"which do not line up with the batch's tokens {tuple(weights.shape)}; add it to `ignore`"
+            )
+        return inputs, weights
