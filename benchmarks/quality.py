@@ -90,7 +90,7 @@ class Method:
         return self.key.replace("_on", "_off") if self.kind == "ours" and self.sink_weighting else None
 
 
-MAGNITUDE = Method("magnitude", "magnitude |W|", "magnitude")
+MAGNITUDE = Method("magnitude", "magnitude (per-row abs W)", "magnitude")
 WANDA_CLEAN = Method("wanda_clean", "llm-compressor Wanda, clean rows", "wanda")
 OURS = (
     Method("ours_rms_off", "ours rms, sink off", "ours", "rms", False),
@@ -153,25 +153,38 @@ def heldout_windows(tokenizer, num_windows: int) -> torch.Tensor:
     return token_windows(load_documents(HELDOUT), tokenizer, SEQ_LEN, num_windows, seed=EVAL_WINDOW_SEED)
 
 
-def calibration_set(corpus_documents, tokenizer, config, num_samples: int, seed: int):
-    """N clean corpus windows and their noised copies at the 10 LLaDA timesteps, for ``seed``."""
-    from sink_modifier.diffusion import build_diffusion_calibration, token_windows
+def noised_set(clean: torch.Tensor, tokenizer, config, seed: int):
+    """Clean windows ``[N, T]`` plus their noised copies at the 10 LLaDA timesteps (N x 10 rows).
 
-    clean = token_windows(corpus_documents, tokenizer, SEQ_LEN, num_samples, seed=seed)
+    Row ``(s, j)`` is noised by its own generator of ``(seed, s, j)``, so the set built from the
+    first k windows equals the first 10 k rows of the set built from more.
+    """
+    from sink_modifier.diffusion import build_diffusion_calibration
+
     return build_diffusion_calibration(
-        clean, tokenizer, seq_len=SEQ_LEN, num_samples=num_samples, seed=seed, config=config
+        clean, tokenizer, seq_len=SEQ_LEN, num_samples=int(clean.shape[0]), seed=seed, config=config
     )
 
 
-def calibration_sets(args, tokenizer) -> dict:
-    """One calibration set per seed; the corpus is read once (tokenized once per seed)."""
-    from sink_modifier.diffusion import load_documents
+def calibration_sets(args, tokenizer) -> tuple[dict, object]:
+    """Per-seed quality calibration sets and the cost set (first seed, ``--cost-samples`` windows).
+
+    The corpus is read once and tokenized once per seed (``token_windows`` picks windows by seed;
+    the first k windows of a seed do not depend on how many are drawn).
+    """
+    from sink_modifier.diffusion import load_documents, token_windows
 
     config = load_model().config
     corpus = load_documents(CORPUS, max_chars=args.corpus_chars)
-    cals = {seed: calibration_set(corpus, tokenizer, config, args.num_samples, seed) for seed in args.seeds}
-    log(f"calibration sets for seeds {args.seeds}: {args.num_samples} windows x 10 timesteps each")
-    return cals
+    cals, cost_cal = {}, None
+    for i, seed in enumerate(args.seeds):
+        count = max(args.num_samples, args.cost_samples) if i == 0 else args.num_samples
+        clean = token_windows(corpus, tokenizer, SEQ_LEN, count, seed=seed)
+        cals[seed] = noised_set(clean[: args.num_samples], tokenizer, config, seed)
+        if i == 0:
+            cost_cal = noised_set(clean[: args.cost_samples], tokenizer, config, seed)
+    log(f"calibration: seeds {args.seeds}, {args.num_samples} windows x 10 timesteps; cost set {len(cost_cal)} rows")
+    return cals, cost_cal
 
 
 def rows_loader(ids: torch.Tensor, batch_size: int) -> torch.utils.data.DataLoader:
@@ -406,12 +419,15 @@ def cost_child(args) -> None:
     method = OURS[1] if args.cost_child == "ours" else Method("wanda_noised", "llm-compressor Wanda", "wanda")
     modifier = make_modifier(method, parse_sparsity(COST_SPARSITY))
     baseline_peak, baseline_rss = peak_rss_mib(), current_rss_mib()
+    cpu_start = time.process_time()
     wall = oneshot_prune(model, tokenizer, modifier, rows, args.calib_batch_size)
+    cpu = time.process_time() - cpu_start
     peak = peak_rss_mib()
     print("COST " + json.dumps({
         "method": args.cost_child,
         "rows": int(rows.shape[0]),
         "wall_s": wall,
+        "cpu_s": cpu,
         "peak_rss_mib": peak,
         "rss_after_load_mib": baseline_rss,
         "peak_rss_before_oneshot_mib": baseline_peak,
@@ -451,6 +467,7 @@ def run_cost(args, cal) -> dict:
         "runs": runs,
         "best": best,
         "wall_ratio": best["ours"]["wall_s"] / best["upstream"]["wall_s"],
+        "cpu_ratio": best["ours"]["cpu_s"] / best["upstream"]["cpu_s"],
         "peak_rss_ratio": best["ours"]["peak_rss_mib"] / best["upstream"]["peak_rss_mib"],
         "net_rss_ratio": best["ours"]["peak_minus_loaded_mib"] / max(best["upstream"]["peak_minus_loaded_mib"], 1e-9),
     }
@@ -493,14 +510,14 @@ def quality_table(summary: dict, quality: dict, specs: list[Sparsity], seeds: li
 def cost_table(cost: dict) -> str:
     up, ours = cost["best"]["upstream"], cost["best"]["ours"]
     return "\n".join([
-        "| pruner | rows | oneshot wall s | peak RSS MiB | RSS after load MiB | peak − loaded MiB |",
-        "|---|---|---|---|---|---|",
-        f"| llm-compressor Wanda | {up['rows']} | {up['wall_s']:.1f} | {up['peak_rss_mib']:.0f} | "
+        "| pruner | rows | oneshot wall s | oneshot CPU s | peak RSS MiB | RSS after load MiB | peak − loaded MiB |",
+        "|---|---|---|---|---|---|---|",
+        f"| llm-compressor Wanda | {up['rows']} | {up['wall_s']:.1f} | {up['cpu_s']:.1f} | {up['peak_rss_mib']:.0f} | "
         f"{up['rss_after_load_mib']:.0f} | {up['peak_minus_loaded_mib']:.0f} |",
-        f"| ours (sink on, rms) | {ours['rows']} | {ours['wall_s']:.1f} | {ours['peak_rss_mib']:.0f} | "
+        f"| ours (sink on, rms) | {ours['rows']} | {ours['wall_s']:.1f} | {ours['cpu_s']:.1f} | {ours['peak_rss_mib']:.0f} | "
         f"{ours['rss_after_load_mib']:.0f} | {ours['peak_minus_loaded_mib']:.0f} |",
-        f"| **ratio ours / upstream** | | **{cost['wall_ratio']:.2f}×** | **{cost['peak_rss_ratio']:.2f}×** | "
-        f"| **{cost['net_rss_ratio']:.2f}×** |",
+        f"| **ratio ours / upstream** | | **{cost['wall_ratio']:.2f}×** | **{cost['cpu_ratio']:.2f}×** | "
+        f"**{cost['peak_rss_ratio']:.2f}×** | | **{cost['net_rss_ratio']:.2f}×** |",
     ])
 
 
@@ -553,6 +570,7 @@ def findings(summary: dict, specs: list[Sparsity], seeds: list[int], cost: dict 
     if cost:
         sentences.append(
             f"Cost on {cost['rows']} identical noised rows: ours takes {cost['wall_ratio']:.2f}× the wall time "
+            f"({cost['cpu_ratio']:.2f}× the CPU time) "
             f"and {cost['peak_rss_ratio']:.2f}× the peak RSS of llm-compressor's Wanda "
             f"({cost['net_rss_ratio']:.2f}× net of the loaded model and data)."
         )
@@ -609,12 +627,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="calibration seeds (windows + noise)")
     p.add_argument("--sparsities", nargs="+", default=["0.5", "0.6", "0.7", "2:4"])
-    p.add_argument("--num-samples", type=int, default=16, help="calibration windows per seed")
-    p.add_argument("--eval-windows", type=int, default=64, help="fixed held-out windows")
+    p.add_argument("--num-samples", type=int, default=16, help="calibration windows per seed (x10 noised rows for ours)")
+    p.add_argument("--eval-windows", type=int, default=32, help="fixed held-out windows")
     p.add_argument("--mc-samples", type=int, default=8, help="NELBO masks per window")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--calib-batch-size", type=int, default=16, help="rows per oneshot batch (statistics are batch-size independent)")
-    p.add_argument("--cost-repeats", type=int, default=1)
+    p.add_argument("--cost-samples", type=int, default=16, help="windows (x10 noised rows) for the cost comparison")
+    p.add_argument("--cost-repeats", type=int, default=2, help="alternating runs per pruner; the fastest is reported")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-cost", action="store_true", help="skip the cost comparison")
     p.add_argument("--corpus-chars", type=int, default=None, help="read only this many characters of the corpus")
@@ -625,8 +644,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.sparsities = args.seeds[:1], ["0.5"]
-        args.num_samples, args.eval_windows, args.mc_samples = 2, 8, 2
-        args.corpus_chars = args.corpus_chars or 2_000_000
+        args.num_samples, args.eval_windows, args.mc_samples = 1, 4, 2
+        args.cost_samples, args.cost_repeats = 1, 1
+        args.corpus_chars = args.corpus_chars or 500_000
     if args.out_dir is None:
         args.out_dir = Path(tempfile.gettempdir()) / "sink_quality_quick" if args.quick else RESULTS
     return args
@@ -641,15 +661,15 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     specs = [parse_sparsity(s) for s in args.sparsities]
     tokenizer = load_tokenizer()
-    cals = calibration_sets(args, tokenizer)
-    cost = None if args.no_cost else run_cost(args, cals[args.seeds[0]])
+    cals, cost_cal = calibration_sets(args, tokenizer)
+    cost = None if args.no_cost else run_cost(args, cost_cal)
     quality = run_quality(args, specs, tokenizer, cals)
     summary = summarize(quality, specs, args.seeds)
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                    if k not in ("cost_child", "rows")}
                   | {"seq_len": SEQ_LEN, "eval_window_seed": EVAL_WINDOW_SEED, "eval_mask_seed": EVAL_MASK_SEED,
-                     "ce_ratio": CE_RATIO, "model": str(MODEL_DIR.relative_to(REPO.parent)),
+                     "ce_ratio": CE_RATIO, "model": str(Path("..") / MODEL_DIR.relative_to(REPO.parent)),
                      "methods": [asdict(m) for m in ALL_METHODS],
                      "sparsity_specs": [asdict(s) for s in specs]},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -1,7 +1,8 @@
-"""``sink-modifier``: prune and evaluate diffusion LMs from the command line.
+"""``sink-modifier``: prune, evaluate and verify diffusion LMs from the command line.
 
-Argument parsing and wiring only; the work is in :mod:`sink_modifier.prune` and
-:mod:`sink_modifier.evaluation.checkpoint`.
+Argument parsing and wiring only; the work is in :mod:`sink_modifier.prune`,
+:mod:`sink_modifier.evaluation.checkpoint` and :mod:`sink_modifier.export.verify`.
+Exit codes: 0 success, 1 ``verify`` found a problem, 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0, help="seed for windows and noise (default 0)")
     prune.add_argument("--timesteps", type=_timesteps, default=None,
                        help="comma-separated diffusion timesteps (default: LLaDA grid 0.1..1.0; 0 = clean rows)")
-    prune.add_argument("--batch-size", type=_positive, default=1)
+    prune.add_argument("--batch-size", type=_positive, default=None,
+                       help="calibration rows per batch (default 1, or one window's timesteps for sink_policy)")
     prune.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype while pruning")
     prune.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential",
                        help="llm-compressor calibration pipeline (basic = paper's one-shot statistics)")
@@ -61,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--trust-remote-code", action="store_true")
+
+    verify = commands.add_parser(
+        "verify", help="check a pruned checkpoint against its sink_modifier.json (exit 1 on any mismatch)"
+    )
+    verify.add_argument("dir", help="checkpoint folder written by `sink-modifier prune`")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument("--tolerance", type=float, default=1e-6,
+                        help="allowed difference of each layer's zero fraction from the recorded one (default 1e-6)")
+    verify.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
     return parser
 
 
@@ -96,12 +107,47 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _run_verify(args) -> int:
+    from sink_modifier.export.verify import verify_checkpoint
+
+    report = verify_checkpoint(args.dir, tolerance=args.tolerance, trust_remote_code=args.trust_remote_code)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        for check in report.checks:
+            print(f"ok       {check}")
+        for problem in report.problems:
+            print(f"PROBLEM  {problem}")
+    if report.ok:
+        if not args.json:
+            print(f"{args.dir}: verified ({len(report.checks)} checks passed)")
+        return 0
+    where = "in the JSON above" if args.json else "listed above"
+    print(f"sink-modifier verify: {args.dir} failed verification: {len(report.problems)} problem(s) {where}",
+          file=sys.stderr)
+    return 1
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """llm-compressor's sequential pipeline re-raises a layer's error as RuntimeError from it."""
+    while isinstance(err, RuntimeError) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"prune": _run_prune, "eval": _run_eval, "verify": _run_verify}
     try:
-        return {"prune": _run_prune, "eval": _run_eval}[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"sink-modifier {args.command}: error: {err}", file=sys.stderr)
+        return commands[args.command](args)
+    except (*USER_ERRORS, RuntimeError) as err:
+        cause = _root_cause(err)
+        if not isinstance(cause, USER_ERRORS):
+            raise
+        print(f"sink-modifier {args.command}: error: {cause}", file=sys.stderr)
         return 2
 
 

@@ -27,7 +27,7 @@ from sink_modifier.diffusion import (
     max_sequence_length,
 )
 from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
-from sink_modifier.loading import load_model, load_tokenizer
+from sink_modifier.loading import load_checkpoint, load_model, load_tokenizer
 
 __all__ = ["PruneResult", "package_versions", "prune_checkpoint"]
 
@@ -61,6 +61,14 @@ def _modifier_settings() -> list[dict]:
     ]
 
 
+def _policy_needs_windows(recipe_path: Path) -> bool:
+    """True when a modifier's sink_policy compares a window's timesteps (batches = one window)."""
+    from llmcompressor.recipe import Recipe
+
+    modifiers = Recipe.create_instance(str(recipe_path)).modifiers
+    return any(getattr(m, "sink_policy", "all") != "all" for m in modifiers)
+
+
 def prune_checkpoint(
     model_path: str | Path,
     recipe: str | Path,
@@ -71,14 +79,18 @@ def prune_checkpoint(
     seq_len: int | None = None,
     seed: int = 0,
     timesteps: tuple[float, ...] | None = None,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     dtype: str = "auto",
     pipeline: str = "sequential",
     max_chars: int | None = DEFAULT_MAX_CHARS,
     overwrite: bool = False,
     trust_remote_code: bool = False,
 ) -> PruneResult:
-    """Prune ``model_path`` with the YAML ``recipe`` calibrated on ``data``; write ``output_dir``."""
+    """Prune ``model_path`` with the YAML ``recipe`` calibrated on ``data``; write ``output_dir``.
+
+    ``batch_size`` defaults to 1 row, or to one window's noised copies (``len(timesteps)``)
+    when a modifier's ``sink_policy`` compares timesteps; results do not depend on it otherwise.
+    """
     import sink_modifier  # noqa: F401  (registers our modifiers for the YAML recipe)
     from llmcompressor import oneshot
 
@@ -103,6 +115,8 @@ def prune_checkpoint(
         config=model.config,
         max_chars=max_chars,
     )
+    if batch_size is None:
+        batch_size = len(timesteps) if _policy_needs_windows(recipe_path) else 1
     logger.info(
         f"Calibrating on {len(calibration)} rows: {num_samples} windows x {len(timesteps)} timesteps "
         f"of {seq_len} tokens ({'diffusion' if diffusion else 'causal'} model)"
@@ -123,7 +137,7 @@ def prune_checkpoint(
         "source_model": str(model_path),
         "recipe": recipe_path.read_text(),
         "modifiers": _modifier_settings(),
-        "sparsity": sparsity_report(model),
+        "sparsity": None,  # measured from the checkpoint as written, below
         "calibration": {**calibration.describe(), "data": str(data), "batch_size": batch_size,
                         "pipeline": pipeline, "diffusion": diffusion},
         "seed": seed,
@@ -135,6 +149,9 @@ def prune_checkpoint(
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        # Record the zeros of the weights as saved: quantization can round small kept
+        # weights to zero, so the in-memory float weights would under-count them.
+        metadata["sparsity"] = sparsity_report(load_checkpoint(folder, trust_remote_code=trust_remote_code))
 
     output = write_atomically(output_dir, write, metadata=metadata, overwrite=overwrite)
     logger.info(f"Wrote {output} (overall sparsity {metadata['sparsity']['overall']:.2%})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,6 +91,16 @@ def sdpa_lm_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = SdpaLMForMaskedDiffusion(SdpaLMConfig(vocab_size=VOCAB, mask_token_id=MASK_ID))
     return _save(model, tmp_path_factory.mktemp("sdpa_lm"))
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    """60 blank-line-separated documents of random words over the test vocabulary."""
+    rng = random.Random(0)
+    docs = [" ".join(f"w{rng.randrange(4, VOCAB)}" for _ in range(rng.randrange(20, 80))) for _ in range(60)]
+    path = tmp_path_factory.mktemp("data") / "docs.txt"
+    path.write_text("\n\n".join(docs) + "\n")
+    return path
 
 
 def noised_rows(num_rows: int, seq_len: int, seed: int = 0, mask_rate: float = 0.4) -> torch.Tensor:

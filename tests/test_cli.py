@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -15,15 +14,7 @@ from sink_modifier.prune import prune_checkpoint
 from tests.conftest import CORPUS, REPO, TINY_DLM, VOCAB, _save, requires_shared, tiny_llama_config
 
 RECIPE_50 = str(REPO / "recipes" / "sink_wanda_50.yaml")
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    rng = random.Random(0)
-    docs = [" ".join(f"w{rng.randrange(4, VOCAB)}" for _ in range(rng.randrange(20, 80))) for _ in range(60)]
-    path = tmp_path_factory.mktemp("data") / "docs.txt"
-    path.write_text("\n\n".join(docs) + "\n")
-    return path
+# `text_file` (60 random documents over the test vocabulary) is the shared fixture in conftest.py
 
 
 def block_linears(model):

@@ -5,9 +5,10 @@ and refills them (verified: after 2:4 pruning, W4A16 and W8A8 GPTQ leave a few p
 the pruned zeros non-zero and the 2:4 pattern is gone). RTN ``QuantizationModifier``
 schemes keep zeros but lose GPTQ's accuracy, which matters most at 4 bits. This subclass
 changes only the quantization step: every weight that is exactly 0 when GPTQ quantizes
-its layer is kept at exactly 0, with the error compensation confined to the surviving
-weights (:mod:`sink_modifier.modifiers.masked_gptq_quantize` explains why it must happen
-inside the column updates). Calibration, observers, activation ordering, batching,
+its layer is stored as exactly 0, enforced inside GPTQ's column loop so that the error
+compensation ends up in the surviving weights
+(:mod:`sink_modifier.modifiers.masked_gptq_quantize` has the maths and why re-zeroing
+afterwards is not the same). Calibration, observers, activation ordering, batching,
 distributed handling and the saved format are upstream's.
 
 ```yaml
@@ -15,6 +16,7 @@ quantization_stage:
   quantization_modifiers:
     MaskPreservingGPTQModifier:
       preserve_sparsity_mask: true
+      mask_compensation: redistribute   # or skip
       ignore: ["lm_head"]
       scheme: W4A16            # or config_groups, exactly as for GPTQModifier
 ```
@@ -34,7 +36,7 @@ from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.modifiers.gptq.helpers import assign_batches, prepare_batch, update_batch_qparams
 from llmcompressor.utils.metric_logging import CompressionLogger
 
-from sink_modifier.modifiers.masked_gptq_quantize import masked_quantize_weight
+from sink_modifier.modifiers.masked_gptq_quantize import Compensation, masked_quantize_weight
 
 __all__ = ["MaskPreservingGPTQModifier"]
 
@@ -47,14 +49,21 @@ class MaskPreservingGPTQModifier(GPTQModifier):
     order. All ``GPTQModifier`` fields apply (``scheme``/``config_groups``, ``targets``,
     ``ignore``, ``block_size``, ``dampening_frac``, ``actorder``, ...).
 
-    :param preserve_sparsity_mask: true keeps every weight that is exactly zero before
-        quantization at exactly zero after it (error compensation never writes into those
-        positions); false is plain upstream GPTQ. The quantization scheme must map 0 to 0
+    :param preserve_sparsity_mask: true stores every weight that is exactly zero before
+        quantization as exactly zero; false is plain upstream GPTQ (which refills them). The quantization scheme must map 0 to 0
         (all symmetric schemes; asymmetric int schemes with their integer zero point do
         too); otherwise quantization fails with ``SparsityMaskNotRepresentableError``.
+    :param mask_compensation: ``redistribute`` (default): pruned weights take their share of
+        the compensation while columns to their left are quantized, are set to 0 when their
+        own column is reached, and what they held is propagated to the weights to their
+        right (SparseGPT's treatment of pruned weights; nothing is discarded; "left/right"
+        is GPTQ's column order, i.e. after activation ordering). ``skip``:
+        compensation is never written into pruned positions (llm-compressor's former
+        ``preserve_sparsity_mask``); that share is dropped, which measured worse.
     """
 
     preserve_sparsity_mask: bool = True
+    mask_compensation: Compensation = "redistribute"
 
     def compress_module_list(self, module_list):
         if not self.preserve_sparsity_mask:
@@ -84,7 +93,9 @@ class MaskPreservingGPTQModifier(GPTQModifier):
                     percdamp=self.dampening_frac,
                 )
                 if bool(pruned.any()):
-                    quantized, losses, used_rtn_fallback = masked_quantize_weight(**common, pruned=pruned)
+                    quantized, losses, used_rtn_fallback = masked_quantize_weight(
+                        **common, pruned=pruned, compensation=self.mask_compensation
+                    )
                 else:  # nothing to preserve: upstream (and its fused kernel where available)
                     quantized, losses, used_rtn_fallback = quantize_weight(**common)
                 for index, comp_logger in enumerate(comp_loggers):

@@ -23,6 +23,7 @@ false`` skips the sink pass and gives the identical pipeline without down-weight
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import torch
 from loguru import logger
@@ -32,7 +33,8 @@ from llmcompressor.core import State, active_session
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 from llmcompressor.modifiers.utils.hooks import HooksMixin
 
-from sink_modifier.sinks import global_attention_mass, token_weights
+from sink_modifier.sinks import global_attention_mass, soft_sink_mask
+from sink_modifier.sinks.stability import apply_sink_policy
 
 __all__ = ["SinkAwareSparsityBase"]
 
@@ -50,6 +52,17 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     :param sink_weighting: false runs the same pipeline with no down-weighting (ablation).
     :param attention_chunk_size: queries per block when attention mass is recomputed
         from q and k (SDPA models); ``None`` picks a block of about 64 MiB.
+    :param sink_policy: which sink occurrences are down-weighted: ``all`` (the paper's code:
+        every sink at every timestep), ``unstable`` (only at positions whose sinkness varies
+        across the timesteps of a sample, std > ``policy_unstable_std``), ``stable`` (only at
+        positions that are sinks at most timesteps and do not vary; an ablation). Policies
+        other than ``all`` need each calibration batch to hold the noised copies of one
+        window (``DiffusionCalibrationSet.dataloader(batch_size=len(timesteps))``; the CLI
+        does this itself).
+    :param policy_unstable_std: std over timesteps above which a position's sinkness is unstable.
+    :param policy_stable_mean: mean over timesteps from which a steady position counts as a stable sink.
+    :param mask_token_id: the model's mask token (default ``config.mask_token_id``); used to
+        check that a batch holds copies of one window, and by SparseGPT's reference mode.
     """
 
     sparsity: float | list[float] | None = None
@@ -58,6 +71,10 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     sink_alpha: float = 5.0
     sink_weighting: bool = True
     attention_chunk_size: int | None = None
+    sink_policy: Literal["all", "unstable", "stable"] = "all"
+    policy_unstable_std: float = 0.2
+    policy_stable_mean: float = 0.5
+    mask_token_id: int | None = None
 
     _model: torch.nn.Module | None = PrivateAttr(default=None)
     _token_weights: dict[int, torch.Tensor | None] = PrivateAttr(default_factory=dict)
@@ -185,7 +202,41 @@ class SinkAwareSparsityBase(SparsityModifierBase):
 
     def batch_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Per-token weights ``1 - s`` of one calibration batch (the paper: one mask per row)."""
-        return token_weights(self.sink_mass(input_ids, valid), self.sink_std, self.sink_alpha, valid)
+        sinks = soft_sink_mask(self.sink_mass(input_ids, valid), self.sink_std, self.sink_alpha, valid)
+        if self.sink_policy != "all":
+            self._check_one_window_per_batch(input_ids)
+            sinks = self.policy_masks(sinks)
+        weights = 1.0 - sinks
+        return weights if valid is None else weights * valid.to(weights)
+
+    def policy_masks(self, sinks: torch.Tensor) -> torch.Tensor:
+        """Apply ``sink_policy`` to the soft masks ``[K timesteps, T]`` of one sample."""
+        return apply_sink_policy(
+            sinks, self.sink_policy, unstable_std=self.policy_unstable_std, stable_mean=self.policy_stable_mean
+        )
+
+    def resolved_mask_token_id(self) -> int | None:
+        if self.mask_token_id is not None:
+            return self.mask_token_id
+        return getattr(getattr(self._model, "config", None), "mask_token_id", None)
+
+    def _check_one_window_per_batch(self, input_ids: torch.Tensor) -> None:
+        """A policy compares a sample's timesteps, so a batch must be the noised copies of one window."""
+        hint = (
+            f"sink_policy={self.sink_policy!r} compares the sink masks of one window across timesteps, so "
+            "each calibration batch must hold the noised copies of one window: use "
+            "DiffusionCalibrationSet.dataloader(batch_size=len(timesteps)) (sink-modifier prune does this)"
+        )
+        if input_ids.shape[0] < 2:
+            raise ValueError(f"{hint}; got a batch of {input_ids.shape[0]} row")
+        mask_id = self.resolved_mask_token_id()
+        if mask_id is None:
+            return
+        visible = input_ids != mask_id
+        reference = torch.where(visible, input_ids, -1).max(dim=0).values  # any visible token per position
+        clash = visible & (input_ids != reference[None, :])
+        if bool(clash.any()):
+            raise ValueError(f"{hint}; this batch's rows disagree on visible tokens")
 
     def weights_for(self, module: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The current batch's token weights aligned with a Linear's ``inputs``: ``([B,T,d], [B,T] | None)``."""

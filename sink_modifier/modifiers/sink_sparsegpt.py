@@ -66,7 +66,6 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     :param sink_mask_mode: ``per_row`` or ``reference`` (see the module docstring).
     :param reference_timesteps: timesteps of the internal noising in ``reference`` mode.
     :param reference_eps: ``eps`` of the masking probability ``(1 − eps) t + eps``.
-    :param mask_token_id: mask token for ``reference`` mode (default: ``config.mask_token_id``).
     :param seed: seed of the ``reference`` noise (each row's noise is keyed by its tokens).
     """
 
@@ -76,7 +75,6 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     sink_mask_mode: Literal["per_row", "reference"] = "per_row"
     reference_timesteps: list[float] = Field(default_factory=lambda: list(LLADA_TIMESTEPS))
     reference_eps: float = 1e-3
-    mask_token_id: int | None = None
     seed: int = 0
 
     _hessians: dict[torch.nn.Module, torch.Tensor] = PrivateAttr(default_factory=dict)
@@ -120,21 +118,22 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
                 "rows contain mask tokens; they are noised again"
             )
         keys = [_row_key(row) for row in input_ids]
-        sink_sum = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        per_timestep = []  # [K] of [B, T]
         for j, t in enumerate(self.reference_timesteps):
             noised = torch.stack([
                 noise_tokens(row.cpu(), t, mask_id, row_generator(self.seed, key, j), eps=self.reference_eps)
                 for row, key in zip(input_ids, keys)
             ]).to(input_ids.device)
             mass = self.sink_mass(noised, valid)
-            sink_sum += soft_sink_mask(mass, self.sink_std, self.sink_alpha, valid)
-        weights = 1.0 - sink_sum / len(self.reference_timesteps)
+            per_timestep.append(soft_sink_mask(mass, self.sink_std, self.sink_alpha, valid))
+        sinks = torch.stack(per_timestep, dim=1)  # [B, K, T]
+        if self.sink_policy != "all":
+            sinks = torch.stack([self.policy_masks(sample) for sample in sinks])
+        weights = 1.0 - sinks.mean(dim=1)  # the paper's timestep-averaged mask
         return weights if valid is None else weights * valid.to(weights)
 
     def _reference_mask_token(self) -> int:
-        mask_id = self.mask_token_id
-        if mask_id is None:
-            mask_id = getattr(getattr(self._model, "config", None), "mask_token_id", None)
+        mask_id = self.resolved_mask_token_id()
         if mask_id is None:
             raise ValueError(
                 "sink_mask_mode=reference noises calibration rows itself and needs a mask token: "

@@ -1,0 +1,33 @@
+"""Diagnostics: how attention sinks move along a model's trajectory (``sink-modifier analyze``).
+
+:func:`analyze_sink_dynamics` measures one model (dict, JSON-able); :mod:`.figures` draws one
+or two analyses (matplotlib is imported only when a figure is drawn); :mod:`.command` is the
+CLI subcommand.
+"""
+
+from sink_modifier.diagnostics.trajectory import (
+    SINK_KINDS,
+    TRAJECTORY_TIMESTEPS,
+    analyze_sink_dynamics,
+    classify_sink_token,
+    is_punctuation,
+    prefix_lengths,
+)
+
+__all__ = [
+    "SINK_KINDS",
+    "TRAJECTORY_TIMESTEPS",
+    "analyze_sink_dynamics",
+    "classify_sink_token",
+    "is_punctuation",
+    "prefix_lengths",
+    "write_figures",
+]
+
+
+def __getattr__(name: str):
+    if name == "write_figures":
+        from sink_modifier.diagnostics.figures import write_figures
+
+        return write_figures
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
