@@ -1,4 +1,4 @@
-"""``sink-modifier``: prune, evaluate and verify diffusion LMs from the command line.
+"""``sink-modifier``: prune, evaluate, verify and analyze diffusion LMs from the command line.
 
 Argument parsing and wiring only; the work is in :mod:`sink_modifier.prune`,
 :mod:`sink_modifier.evaluation.checkpoint` and :mod:`sink_modifier.export.verify`.
@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from sink_modifier.diagnostics.command import add_analyze_parser, run_analyze
 from sink_modifier.loading import DTYPES
 
 __all__ = ["main"]
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tolerance", type=float, default=1e-6,
                         help="allowed difference of each layer's zero fraction from the recorded one (default 1e-6)")
     verify.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    add_analyze_parser(commands)
     return parser
 
 
@@ -140,7 +142,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"prune": _run_prune, "eval": _run_eval, "verify": _run_verify}
+    commands = {"prune": _run_prune, "eval": _run_eval, "verify": _run_verify, "analyze": run_analyze}
     try:
         return commands[args.command](args)
     except (*USER_ERRORS, RuntimeError) as err:
