@@ -410,6 +410,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS counter (Linux >= 4.0: also resets ``ru_maxrss``); False if unsupported.
+
+    Without it the child's peak is set by the transient of loading the model and libraries,
+    which is larger than either pruner's own peak on this model.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def cost_child(args) -> None:
     """Subprocess body: load model and rows, time one oneshot, print one JSON line."""
     torch.set_num_threads(args.threads)
@@ -418,7 +432,9 @@ def cost_child(args) -> None:
     rows = torch.load(args.rows, weights_only=True)
     method = OURS[1] if args.cost_child == "ours" else Method("wanda_noised", "llm-compressor Wanda", "wanda")
     modifier = make_modifier(method, parse_sparsity(COST_SPARSITY))
-    baseline_peak, baseline_rss = peak_rss_mib(), current_rss_mib()
+    load_peak = peak_rss_mib()
+    peak_reset = reset_peak_rss()
+    baseline_rss = current_rss_mib()
     cpu_start = time.process_time()
     wall = oneshot_prune(model, tokenizer, modifier, rows, args.calib_batch_size)
     cpu = time.process_time() - cpu_start
@@ -428,9 +444,10 @@ def cost_child(args) -> None:
         "rows": int(rows.shape[0]),
         "wall_s": wall,
         "cpu_s": cpu,
-        "peak_rss_mib": peak,
+        "peak_rss_mib": peak,  # during oneshot when peak_reset, else over the process lifetime
+        "peak_reset": peak_reset,
         "rss_after_load_mib": baseline_rss,
-        "peak_rss_before_oneshot_mib": baseline_peak,
+        "peak_rss_while_loading_mib": load_peak,
         "peak_minus_loaded_mib": peak - baseline_rss,
         "achieved_sparsity": achieved_sparsity(model),
     }), flush=True)
@@ -464,6 +481,8 @@ def run_cost(args, cal) -> dict:
         "sparsity": COST_SPARSITY,
         "seed": cal.seed,
         "repeats": args.cost_repeats,
+        "calib_batch_size": args.calib_batch_size,
+        "threads": args.threads,
         "runs": runs,
         "best": best,
         "wall_ratio": best["ours"]["wall_s"] / best["upstream"]["wall_s"],
@@ -510,7 +529,7 @@ def quality_table(summary: dict, quality: dict, specs: list[Sparsity], seeds: li
 def cost_table(cost: dict) -> str:
     up, ours = cost["best"]["upstream"], cost["best"]["ours"]
     return "\n".join([
-        "| pruner | rows | oneshot wall s | oneshot CPU s | peak RSS MiB | RSS after load MiB | peak − loaded MiB |",
+        "| pruner | rows | oneshot wall s | oneshot CPU s | peak RSS in oneshot MiB | RSS after load MiB | peak − loaded MiB |",
         "|---|---|---|---|---|---|---|",
         f"| llm-compressor Wanda | {up['rows']} | {up['wall_s']:.1f} | {up['cpu_s']:.1f} | {up['peak_rss_mib']:.0f} | "
         f"{up['rss_after_load_mib']:.0f} | {up['peak_minus_loaded_mib']:.0f} |",
@@ -601,11 +620,22 @@ def markdown(report: dict, specs: list[Sparsity]) -> str:
     if report.get("cost"):
         parts += [
             f"## Pruning cost ({report['cost']['rows']} noised rows, sparsity {COST_SPARSITY}, "
-            f"calibration batch {cfg['calib_batch_size']}, fresh process each, best of {report['cost']['repeats']})",
+            f"calibration batch {report['cost']['calib_batch_size']}, fresh process each, "
+            f"fastest of {report['cost']['repeats']})",
             "",
             cost_table(report["cost"]),
             "",
+            "Wall time brackets the `oneshot` call only; CPU time is the process CPU time over the same "
+            "span (less sensitive to other load on the machine). Peak RSS is counted from after model and "
+            "data loading (the counter is reset there), so it is the pruner's own peak.",
+            "",
         ]
+        if report["cost"].get("command"):
+            parts[-1:-1] = [
+                "",
+                f"Cost re-measured {report['cost']['date']} by `{report['cost']['command']}` "
+                f"in {report['cost']['runtime_s'] / 60:.1f} min.",
+            ]
     parts += ["## What this shows", "", report["findings"], ""]
     return "\n".join(parts)
 
@@ -623,6 +653,38 @@ def versions() -> dict:
 
 
 # -- entry point --------------------------------------------------------------------------------
+def update_cost(args) -> None:
+    """Re-measure only the cost comparison and rewrite it into an existing quality.json / .md.
+
+    Timings are sensitive to other load on the machine; this lets them be repeated on a quiet
+    machine without re-running the quality sweep (which is deterministic).
+    """
+    started = time.perf_counter()
+    path = args.out_dir / "quality.json"
+    report = json.loads(path.read_text())
+    args.seeds = report["config"]["seeds"][:1]
+    specs = [parse_sparsity(s) for s in report["config"]["sparsities"]]
+    _, cost_cal = calibration_sets(args, load_tokenizer())
+    cost = run_cost(args, cost_cal)
+    cost.update(
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        runtime_s=time.perf_counter() - started,
+    )
+    report["cost"] = cost
+    report["findings"] = findings(report["summary"], specs, report["config"]["seeds"], cost)
+    write_report(report, specs, args.out_dir)
+
+
+def write_report(report: dict, specs: list[Sparsity], out_dir: Path) -> None:
+    text = markdown(report, specs)
+    print(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out_dir / "quality.md").write_text(text)
+    log(f"wrote {out_dir / 'quality.json'} and quality.md")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="calibration seeds (windows + noise)")
@@ -636,6 +698,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cost-repeats", type=int, default=2, help="alternating runs per pruner; the fastest is reported")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-cost", action="store_true", help="skip the cost comparison")
+    p.add_argument("--cost-only", action="store_true",
+                   help="re-measure only the cost comparison into an existing OUT_DIR/quality.json")
     p.add_argument("--corpus-chars", type=int, default=None, help="read only this many characters of the corpus")
     p.add_argument("--out-dir", type=Path, default=None, help=f"default {RESULTS} ({tempfile.gettempdir()}/sink_quality_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 50 %%, few windows (< 2 min)")
@@ -658,6 +722,9 @@ def main(argv=None) -> None:
     if args.cost_child:
         cost_child(args)
         return
+    if args.cost_only:
+        update_cost(args)
+        return
     started = time.perf_counter()
     specs = [parse_sparsity(s) for s in args.sparsities]
     tokenizer = load_tokenizer()
@@ -667,7 +734,7 @@ def main(argv=None) -> None:
     summary = summarize(quality, specs, args.seeds)
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("cost_child", "rows")}
+                   if k not in ("cost_child", "rows", "cost_only")}
                   | {"seq_len": SEQ_LEN, "eval_window_seed": EVAL_WINDOW_SEED, "eval_mask_seed": EVAL_MASK_SEED,
                      "ce_ratio": CE_RATIO, "model": str(Path("..") / MODEL_DIR.relative_to(REPO.parent)),
                      "methods": [asdict(m) for m in ALL_METHODS],
@@ -683,12 +750,7 @@ def main(argv=None) -> None:
     }
     report["runtime_s"] = time.perf_counter() - started
     report["findings"] = findings(summary, specs, args.seeds, cost)
-    text = markdown(report, specs)
-    print(text)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out_dir / "quality.md").write_text(text)
-    log(f"wrote {args.out_dir / 'quality.json'} and quality.md in {report['runtime_s'] / 60:.1f} min")
+    write_report(report, specs, args.out_dir)
 
 
 if __name__ == "__main__":
