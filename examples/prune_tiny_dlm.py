@@ -46,8 +46,8 @@ def main() -> None:
     print(f"\nsparsity of pruned Linear layers: {result.metadata['sparsity']['overall']:.2%} "
           f"({result.metadata['sparsity']['num_layers']} layers); pruning took {result.metadata['prune_seconds']:.0f} s")
     print(f"held-out: {args.eval_windows} windows x 256 tokens, seed {args.seed} (same masks for both)\n")
-    print(f"| model | NELBO (nats/token) | masked CE @0.15 | @0.5 | @0.9 |")
-    print(f"|---|---|---|---|---|")
+    print("| model | NELBO (nats/token) | masked CE @0.15 | @0.5 | @0.9 |")
+    print("|---|---|---|---|---|")
     for name, s in scores.items():
         ce = s["masked_ce"]
         print(f"| {name} | {s['nelbo']:.3f} ± {s['nelbo_stderr']:.3f} | {ce['0.15']:.3f} | {ce['0.5']:.3f} | {ce['0.9']:.3f} |")

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sink_modifier import SinkAwareWandaPruningModifier
-from sink_modifier.sinks import SinkObservationError
 from tests.conftest import REPO, noised_rows, rows_loader
 
 

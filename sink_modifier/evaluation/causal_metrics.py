@@ -10,32 +10,14 @@ computed with a float32 log-softmax.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .inference import eval_mode, input_device
+
 __all__ = ["perplexity"]
-
-
-def _device(model: nn.Module) -> torch.device:
-    """Where inputs must go: the device of the first parameter (CPU for parameter-free stubs)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` and ``no_grad`` for the duration, restoring the training flag after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def perplexity(
@@ -56,10 +38,10 @@ def perplexity(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device(model)
+    device = input_device(model)
     ce_sum, n_tokens = 0.0, 0
     starts = range(0, windows.shape[0], batch_size)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in tqdm(starts, desc="perplexity", disable=not progress):
             batch = windows[start : start + batch_size].to(device=device, dtype=torch.long)
             output = model(input_ids=batch)

@@ -47,13 +47,13 @@ passed to the model (transformers would shift them).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .inference import eval_mode, input_device
 
 from .masks import fixed_ratio_masks, nelbo_masks
 
@@ -88,24 +88,6 @@ class NelboResult:
         out["per_window"] = list(self.per_window)
         out["ppl_bound"] = self.ppl_bound
         return out
-
-
-def _device(model: nn.Module) -> torch.device:
-    """Where inputs must go: the device of the first parameter (CPU for parameter-free stubs)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` and ``no_grad`` for the duration, restoring the training flag after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _check_windows(windows: torch.Tensor) -> None:
@@ -181,10 +163,10 @@ def masked_cross_entropy(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_windows, seq_len = windows.shape
     masks = fixed_ratio_masks(num_windows, seq_len, ratio, seed, maskable=maskable)
-    device = _device(model)
+    device = input_device(model)
     ce_sum, n_correct, n_masked = 0.0, 0, 0
     starts = range(0, num_windows, batch_size)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in tqdm(starts, desc=f"masked CE @{ratio}", disable=not progress):
             clean = windows[start : start + batch_size].to(device=device, dtype=torch.long)
             mask = masks[start : start + batch_size].to(device)
@@ -235,9 +217,9 @@ def nelbo(
     flat_masks = masks.view(num_windows * mc_samples, seq_len)
     row_window = torch.arange(num_windows).repeat_interleave(mc_samples)
     row_sums = torch.zeros(num_windows * mc_samples, dtype=torch.float64)
-    device = _device(model)
+    device = input_device(model)
     starts = range(0, num_windows * mc_samples, batch_size)
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in tqdm(starts, desc="nelbo", disable=not progress):
             rows = slice(start, start + batch_size)
             clean = windows[row_window[rows]].to(device=device, dtype=torch.long)
