@@ -406,15 +406,29 @@ def current_rss_mib() -> float:
     return float("nan")
 
 
-def peak_rss_mib() -> float:
+def ru_maxrss_mib() -> float:
+    """``getrusage`` peak RSS. In a child started by fork+exec it also counts the parent's RSS at
+    fork time (the kernel folds the pre-exec image into it), so it is recorded but not used."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def reset_peak_rss() -> bool:
-    """Restart the peak-RSS counter (Linux >= 4.0: also resets ``ru_maxrss``); False if unsupported.
+def peak_rss_mib() -> float:
+    """Peak RSS of this process image (``VmHWM``); falls back to ``ru_maxrss`` off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return ru_maxrss_mib()
 
-    Without it the child's peak is set by the transient of loading the model and libraries,
-    which is larger than either pruner's own peak on this model.
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS counter ``VmHWM`` (Linux >= 4.0); False if unsupported.
+
+    Without it the child's peak could be set by the transient of loading the model and
+    libraries rather than by the pruner.
     """
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -439,6 +453,7 @@ def cost_child(args) -> None:
     wall = oneshot_prune(model, tokenizer, modifier, rows, args.calib_batch_size)
     cpu = time.process_time() - cpu_start
     peak = peak_rss_mib()
+    ru_maxrss = ru_maxrss_mib()
     print("COST " + json.dumps({
         "method": args.cost_child,
         "rows": int(rows.shape[0]),
@@ -448,6 +463,7 @@ def cost_child(args) -> None:
         "peak_reset": peak_reset,
         "rss_after_load_mib": baseline_rss,
         "peak_rss_while_loading_mib": load_peak,
+        "ru_maxrss_mib": ru_maxrss,
         "peak_minus_loaded_mib": peak - baseline_rss,
         "achieved_sparsity": achieved_sparsity(model),
     }), flush=True)
@@ -540,6 +556,27 @@ def cost_table(cost: dict) -> str:
     ])
 
 
+def prune_time_ratios(quality: dict) -> dict[str, dict]:
+    """Sink-on / sink-off prune wall time per statistic, over every (seed, sparsity) of the sweep.
+
+    The two runs of a pair prune identical rows back to back in one process, and sink-off runs
+    llm-compressor's own statistic, so the ratio is the sink pass's overhead measured in situ.
+    """
+    out = {}
+    for method in OURS:
+        if not method.twin:
+            continue
+        ratios = sorted(
+            cell[method.key]["prune_s"] / cell[method.twin]["prune_s"]
+            for per_seed in quality["runs"].values()
+            for cell in per_seed.values()
+        )
+        out[method.statistic] = {"median": ratios[len(ratios) // 2] if len(ratios) % 2 else
+                                 (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2,
+                                 "min": ratios[0], "max": ratios[-1], "n": len(ratios)}
+    return out
+
+
 def verdict(pair) -> str:
     mean, se = pair
     if not math.isfinite(se) or se == 0 or abs(mean) < SIGNIFICANT_Z * se:
@@ -626,8 +663,16 @@ def markdown(report: dict, specs: list[Sparsity]) -> str:
             cost_table(report["cost"]),
             "",
             "Wall time brackets the `oneshot` call only; CPU time is the process CPU time over the same "
-            "span (less sensitive to other load on the machine). Peak RSS is counted from after model and "
-            "data loading (the counter is reset there), so it is the pruner's own peak.",
+            "span (less sensitive to other load on the machine). Peak RSS is `VmHWM` counted from after "
+            "model and data loading (the counter is reset there), so it is the pruner's own peak.",
+            "",
+            "In the quality sweep itself (same process, identical rows, pairs run back to back), prune wall "
+            "time of sink on / sink off: "
+            + "; ".join(
+                f"{stat} median {r['median']:.2f}× (range {r['min']:.2f}–{r['max']:.2f}, {r['n']} pairs)"
+                for stat, r in prune_time_ratios(report["quality"]).items()
+            )
+            + ". Sink off with `rms` is llm-compressor's Wanda statistic on the same rows.",
             "",
         ]
         if report["cost"].get("command"):
@@ -672,6 +717,7 @@ def update_cost(args) -> None:
         runtime_s=time.perf_counter() - started,
     )
     report["cost"] = cost
+    report["prune_time_ratios"] = prune_time_ratios(report["quality"])
     report["findings"] = findings(report["summary"], specs, report["config"]["seeds"], cost)
     write_report(report, specs, args.out_dir)
 
@@ -748,6 +794,7 @@ def main(argv=None) -> None:
         "summary": summary,
         "cost": cost,
     }
+    report["prune_time_ratios"] = prune_time_ratios(quality)
     report["runtime_s"] = time.perf_counter() - started
     report["findings"] = findings(summary, specs, args.seeds, cost)
     write_report(report, specs, args.out_dir)

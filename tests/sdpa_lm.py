@@ -78,14 +78,15 @@ class SdpaLMModel(nn.Module):
                 ff_out=nn.Linear(cfg.d_model, cfg.vocab_size, bias=False),
             )
         )
-        head_dim = cfg.d_model // cfg.n_heads
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = cfg.d_model // cfg.n_heads
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.transformer.wte(input_ids)
+        # Rotary frequencies are computed here, not kept in a non-persistent buffer:
+        # from_pretrained leaves such buffers uninitialised in transformers 5 (the Dream bug).
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=input_ids.device).float() / self.head_dim))
         pos = torch.arange(input_ids.shape[1], device=input_ids.device).float()
-        freqs = torch.outer(pos, self.inv_freq)
+        freqs = torch.outer(pos, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos()[None, None], emb.sin()[None, None]
         for block in self.transformer.blocks:
