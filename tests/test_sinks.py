@@ -165,3 +165,11 @@ def test_unobservable_attention_fails_with_what_was_tried():
     with pytest.raises(SinkObservationError, match="scaled_dot_product_attention") as err:
         global_attention_mass(_OpaqueAttentionLM(), torch.randint(0, 16, (1, 5)))
     assert "eager" in str(err.value) and "*Attention" in str(err.value)
+
+
+def test_nan_attention_inputs_fail_loudly_instead_of_reading_as_zero_mass(sdpa_lm_dir):
+    model = AutoModelForCausalLM.from_pretrained(sdpa_lm_dir)
+    with torch.no_grad():
+        model.model.transformer.blocks[0].k_proj.weight.fill_(float("nan"))
+    with pytest.raises(SinkObservationError, match="NaN"):
+        global_attention_mass(model, noised_rows(1, 8))

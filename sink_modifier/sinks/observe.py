@@ -98,6 +98,11 @@ class AttentionMassObserver:
         if probs.shape[-1] != probs.shape[-2]:
             self.calls_skipped += 1
             return
+        if not bool(torch.isfinite(probs).all()):
+            raise SinkObservationError(
+                f"{type(module).__name__} returned NaN/inf attention probabilities; the model's "
+                "outputs are broken (uninitialised buffers after from_pretrained?)"
+            )
         self._add(mass_from_probabilities(probs.detach(), self._weights_for(probs.shape[-2])))
 
     def _observe_sdpa(
@@ -115,6 +120,13 @@ class AttentionMassObserver:
         if query.shape[-2] != key.shape[-2]:
             self.calls_skipped += 1
             return
+        if not (bool(torch.isfinite(query).all()) and bool(torch.isfinite(key).all())):
+            # Seen with transformers 5: from_pretrained leaves non-persistent rotary buffers
+            # uninitialised, so q/k are NaN and every probability would silently read as 0.
+            raise SinkObservationError(
+                "attention inputs (q or k) contain NaN/inf, so attention mass cannot be measured; "
+                "the model's outputs are broken too (uninitialised rotary buffers after from_pretrained?)"
+            )
         # Inside __torch_function__ the mode is already off, so these matmuls are not re-observed.
         mass = mass_from_query_key(
             query.detach(),
