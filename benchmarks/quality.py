@@ -489,7 +489,9 @@ def run_cost(args, cal) -> dict:
         runs = {which: [] for which in ("upstream", "ours")}
         for _ in range(args.cost_repeats):
             for which in runs:  # alternate so drifting machine load hits both alike
+                load_before = os.getloadavg()[0]
                 runs[which].append(run_cost_child(which, rows_path, args))
+                runs[which][-1]["loadavg_1min"] = [load_before, os.getloadavg()[0]]
                 log(f"cost {which}: {runs[which][-1]['wall_s']:.1f}s, peak RSS {runs[which][-1]['peak_rss_mib']:.0f} MiB")
     best = {which: min(r, key=lambda x: x["wall_s"]) for which, r in runs.items()}
     return {
@@ -542,6 +544,11 @@ def quality_table(summary: dict, quality: dict, specs: list[Sparsity], seeds: li
     return "\n".join(lines)
 
 
+def min_max_load(cost: dict) -> str:
+    loads = [v for runs in cost["runs"].values() for r in runs for v in r.get("loadavg_1min", [])]
+    return f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded"
+
+
 def cost_table(cost: dict) -> str:
     up, ours = cost["best"]["upstream"], cost["best"]["ours"]
     return "\n".join([
@@ -584,7 +591,7 @@ def verdict(pair) -> str:
     return "better" if mean < 0 else "worse"
 
 
-def findings(summary: dict, specs: list[Sparsity], seeds: list[int], cost: dict | None) -> str:
+def findings(summary: dict, quality: dict, specs: list[Sparsity], seeds: list[int], cost: dict | None) -> str:
     """The 'what this shows' paragraph, derived from the numbers (nothing hard-coded)."""
     sentences = []
     by_verdict: dict[str, list[str]] = {"better": [], "worse": [], "noise": []}
@@ -628,8 +635,16 @@ def findings(summary: dict, specs: list[Sparsity], seeds: list[int], cost: dict 
             f"Cost on {cost['rows']} identical noised rows: ours takes {cost['wall_ratio']:.2f}× the wall time "
             f"({cost['cpu_ratio']:.2f}× the CPU time) "
             f"and {cost['peak_rss_ratio']:.2f}× the peak RSS of llm-compressor's Wanda "
-            f"({cost['net_rss_ratio']:.2f}× net of the loaded model and data)."
+            f"({cost['net_rss_ratio']:.2f}× net of the loaded model and data; 1-min load average "
+            f"{min_max_load(cost)})."
         )
+    ratios = prune_time_ratios(quality)
+    sentences.append(
+        "Inside the sweep, sink-on pruning took "
+        + " and ".join(f"{r['median']:.2f}× ({stat})" for stat, r in ratios.items())
+        + " the wall time of its sink-off twin on the same rows (median over "
+        + f"{next(iter(ratios.values()))['n']} pairs): the extra dense forward that reads attention mass."
+    )
     return " ".join(sentences)
 
 
@@ -664,7 +679,10 @@ def markdown(report: dict, specs: list[Sparsity]) -> str:
             "",
             "Wall time brackets the `oneshot` call only; CPU time is the process CPU time over the same "
             "span (less sensitive to other load on the machine). Peak RSS is `VmHWM` counted from after "
-            "model and data loading (the counter is reset there), so it is the pruner's own peak.",
+            "model and data loading (the counter is reset there), so it is the pruner's own peak. "
+            f"1-min load average around the cost runs: {min_max_load(report['cost'])} on "
+            f"{report['machine']['cpu_count']} CPUs (above the CPU count, other jobs competed and wall "
+            "times are inflated).",
             "",
             "In the quality sweep itself (same process, identical rows, pairs run back to back), prune wall "
             "time of sink on / sink off: "
@@ -718,7 +736,7 @@ def update_cost(args) -> None:
     )
     report["cost"] = cost
     report["prune_time_ratios"] = prune_time_ratios(report["quality"])
-    report["findings"] = findings(report["summary"], specs, report["config"]["seeds"], cost)
+    report["findings"] = findings(report["summary"], report["quality"], specs, report["config"]["seeds"], cost)
     write_report(report, specs, args.out_dir)
 
 
@@ -796,7 +814,7 @@ def main(argv=None) -> None:
     }
     report["prune_time_ratios"] = prune_time_ratios(quality)
     report["runtime_s"] = time.perf_counter() - started
-    report["findings"] = findings(summary, specs, args.seeds, cost)
+    report["findings"] = findings(summary, quality, specs, args.seeds, cost)
     write_report(report, specs, args.out_dir)
 
 

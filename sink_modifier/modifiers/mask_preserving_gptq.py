@@ -44,9 +44,13 @@ __all__ = ["MaskPreservingGPTQModifier"]
 class MaskPreservingGPTQModifier(GPTQModifier):
     """GPTQ (arXiv 2210.17323) that keeps the sparsity mask of an already pruned model.
 
-    Put it after a pruning modifier (same or later stage); with the sequential pipeline,
-    each layer is pruned and then quantized at the end of its calibration epoch, in recipe
-    order. All ``GPTQModifier`` fields apply (``scheme``/``config_groups``, ``targets``,
+    Put it after a pruning modifier (same or later stage): llm-compressor runs all stages'
+    modifiers in one list, in recipe order, so with the sequential pipeline each layer is
+    pruned and then quantized at the end of its calibration epoch. The order matters and
+    nothing checks it: with the quantization stage first, the layer is quantized dense and
+    the pruning then zeroes quantized weights (writing recipes with
+    ``yaml.safe_dump`` sorts ``quantization_stage`` before ``sparsity_stage``; pass
+    ``sort_keys=False``). All ``GPTQModifier`` fields apply (``scheme``/``config_groups``, ``targets``,
     ``ignore``, ``block_size``, ``dampening_frac``, ``actorder``, ...).
 
     :param preserve_sparsity_mask: true stores every weight that is exactly zero before
