@@ -1,46 +1,38 @@
 """Loading a model folder the way a user's hub checkpoint is loaded: ``from_pretrained(path)``.
 
-One place to grow per-family loading fixes later; today every supported model is an
-``AutoModelForCausalLM`` (bidirectional ones carry ``is_causal: false`` in config.json).
+Thin entry points over :mod:`sink_modifier.families`, which detects the family from
+``config.json`` (or takes ``family=``) and applies its loading repairs.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from torch import nn
+
+from sink_modifier.families.loading import DTYPES, load_family_model, load_family_tokenizer
+from sink_modifier.families.registry import detect_family, read_config
 
 __all__ = ["DTYPES", "load_checkpoint", "load_model", "load_tokenizer", "quantization_config"]
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def _check_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a model folder (no config.json); pass the directory that "
-            "from_pretrained would load"
-        )
-    return folder
+    read_config(path)
+    return Path(path)
 
 
-def load_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained(path)`` in eval mode, with a clear error for a bad path."""
+def load_model(
+    path: str | Path, dtype: str = "auto", trust_remote_code: bool = False, family: str | None = None
+) -> nn.Module:
+    """The model of ``path`` in eval mode (its family detected unless ``family`` names it)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    folder = _check_folder(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-    )
-    return model.eval()
+    model, _ = load_family_model(path, family=family, dtype=dtype, trust_remote_code=trust_remote_code, quantized=False)
+    return model
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    return AutoTokenizer.from_pretrained(_check_folder(path), trust_remote_code=trust_remote_code)
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, family: str | None = None):
+    return load_family_tokenizer(path, detect_family(read_config(path), family), trust_remote_code)
 
 
 def quantization_config(config: dict) -> dict | None:
@@ -49,30 +41,16 @@ def quantization_config(config: dict) -> dict | None:
     return quant if isinstance(quant, dict) else None
 
 
-def load_checkpoint(path: str | Path, *, trust_remote_code: bool = False, quantized: bool | None = None):
-    """``AutoModelForCausalLM.from_pretrained(path)`` in eval mode with readable float weights.
+def load_checkpoint(
+    path: str | Path, *, trust_remote_code: bool = False, quantized: bool | None = None, family: str | None = None
+) -> nn.Module:
+    """A saved (possibly compressed-tensors quantized) checkpoint in eval mode with readable float weights.
 
-    A compressed-tensors checkpoint (``quantization_config`` in ``config.json``) goes through
-    transformers' ``CompressedTensorsHfQuantizer`` with ``CompressedTensorsConfig(dequantize=True)``:
-    int8/fp8/packed int4 weights are decompressed to the model dtype at load time, and the
-    modules keep their quantization scheme, so a forward pass still applies the scheme's
-    activation fake-quantization (e.g. dynamic per-token int8 for W8A8), like the in-memory
-    model after ``oneshot``. (``run_compressed=False`` is the deprecated spelling of the same.)
+    A ``quantization_config`` in ``config.json`` loads through transformers'
+    ``CompressedTensorsHfQuantizer`` with ``CompressedTensorsConfig(dequantize=True)``: int8/fp8/
+    packed int4 weights are decompressed to the model dtype, and the modules keep their
+    quantization scheme, so a forward still applies the scheme's activation fake-quantization
+    (e.g. dynamic per-token int8 for W8A8), like the in-memory model after ``oneshot``.
     """
-    from transformers import AutoModelForCausalLM
-
-    folder = Path(path)
-    if quantized is None:
-        config = json.loads((folder / "config.json").read_text())
-        quantized = quantization_config(config) is not None
-    kwargs = {}
-    if quantized:
-        from transformers.utils.quantization_config import CompressedTensorsConfig
-
-        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
-    with warnings.catch_warnings():
-        # "You passed `quantization_config` ... already has a `quantization_config`": expected,
-        # only the loading attributes (dequantize) of ours are used, which is what we want.
-        warnings.filterwarnings("ignore", message=".*quantization_config.*", category=UserWarning)
-        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
-    return model.eval()
+    model, _ = load_family_model(path, family=family, trust_remote_code=trust_remote_code, quantized=quantized)
+    return model

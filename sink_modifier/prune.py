@@ -1,7 +1,8 @@
 """The prune workflow behind ``sink-modifier prune``: load → DLM calibration → oneshot → atomic save.
 
-A diffusion model (``config.is_causal`` false) is calibrated on noised copies of each
-window at the LLaDA timestep grid; a causal model on the clean windows. The written
+The model's family (:mod:`sink_modifier.families`, detected from ``config.json`` or named)
+decides loading, the mask token and the noising rule: a diffusion model is calibrated on
+noised copies of each window at the LLaDA timestep grid; a causal model on the clean windows. The written
 folder is the checkpoint llm-compressor writes (dense weights with zeros in place,
 ``recipe.yaml``) plus ``sink_modifier.json``: measured sparsity per layer and overall, the
 recipe, the calibration set and seeds, and package versions.
@@ -20,14 +21,10 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from sink_modifier.diffusion import (
-    LLADA_TIMESTEPS,
-    build_diffusion_calibration,
-    is_diffusion_config,
-    max_sequence_length,
-)
+from sink_modifier.diffusion import LLADA_TIMESTEPS, build_diffusion_calibration, max_sequence_length
 from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
-from sink_modifier.loading import load_checkpoint, load_model, load_tokenizer
+from sink_modifier.families import ModelFamily, load_pretrained
+from sink_modifier.loading import load_checkpoint
 
 __all__ = ["PruneResult", "package_versions", "prune_checkpoint"]
 
@@ -61,12 +58,25 @@ def _modifier_settings() -> list[dict]:
     ]
 
 
-def _policy_needs_windows(recipe_path: Path) -> bool:
-    """True when a modifier's sink_policy compares a window's timesteps (batches = one window)."""
+def _recipe_modifiers(recipe_path: Path) -> list:
     from llmcompressor.recipe import Recipe
 
-    modifiers = Recipe.create_instance(str(recipe_path)).modifiers
+    return list(Recipe.create_instance(str(recipe_path)).modifiers)
+
+
+def _policy_needs_windows(modifiers: list) -> bool:
+    """True when a modifier's sink_policy compares a window's timesteps (batches = one window)."""
     return any(getattr(m, "sink_policy", "all") != "all" for m in modifiers)
+
+
+def _add_family_ignores(modifiers: list, family: ModelFamily, model: torch.nn.Module) -> list[str]:
+    """Add the family's ignores (output head, text-blind modules such as a vision tower) to every modifier."""
+    extra = family.pruning_ignore(model)
+    for modifier in modifiers:
+        current = getattr(modifier, "ignore", None)
+        if extra and isinstance(current, list):
+            modifier.ignore = current + [name for name in extra if name not in current]
+    return extra
 
 
 def prune_checkpoint(
@@ -85,11 +95,13 @@ def prune_checkpoint(
     max_chars: int | None = DEFAULT_MAX_CHARS,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    family: str | None = None,
 ) -> PruneResult:
     """Prune ``model_path`` with the YAML ``recipe`` calibrated on ``data``; write ``output_dir``.
 
     ``batch_size`` defaults to 1 row, or to one window's noised copies (``len(timesteps)``)
     when a modifier's ``sink_policy`` compares timesteps; results do not depend on it otherwise.
+    ``family`` overrides the family detected from ``config.json`` (see ``sink-modifier families``).
     """
     import sink_modifier  # noqa: F401  (registers our modifiers for the YAML recipe)
     from llmcompressor import oneshot
@@ -100,9 +112,9 @@ def prune_checkpoint(
         raise FileNotFoundError(f"recipe {recipe_path} not found")
     torch.manual_seed(seed)
 
-    tokenizer = load_tokenizer(model_path, trust_remote_code)
-    model = load_model(model_path, dtype, trust_remote_code)
-    diffusion = is_diffusion_config(model.config)
+    loaded = load_pretrained(model_path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
+    model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
+    diffusion = chosen.diffusion
     timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if diffusion else (0.0,))
     seq_len = seq_len or max_sequence_length(model.config) or 2048
     calibration = build_diffusion_calibration(
@@ -112,23 +124,29 @@ def prune_checkpoint(
         num_samples=num_samples,
         timesteps=timesteps,
         seed=seed,
+        mask_token_id=loaded.mask_token_id if diffusion else None,
         config=model.config,
         max_chars=max_chars,
+        maskable=lambda clean: chosen.maskable(clean, tokenizer, model.config),
     )
+    modifiers = _recipe_modifiers(recipe_path)
+    ignored = _add_family_ignores(modifiers, chosen, model)
     if batch_size is None:
-        batch_size = len(timesteps) if _policy_needs_windows(recipe_path) else 1
+        batch_size = len(timesteps) if _policy_needs_windows(modifiers) else 1
     logger.info(
-        f"Calibrating on {len(calibration)} rows: {num_samples} windows x {len(timesteps)} timesteps "
-        f"of {seq_len} tokens ({'diffusion' if diffusion else 'causal'} model)"
+        f"Calibrating {chosen.name} model on {len(calibration)} rows: {num_samples} windows x "
+        f"{len(timesteps)} timesteps of {seq_len} tokens ({'diffusion' if diffusion else 'causal'})"
     )
 
     start = time.perf_counter()
     oneshot(
         model=model,
         processor=tokenizer,
-        dataset=calibration.dataloader(batch_size),
-        recipe=str(recipe_path),
+        dataset=chosen.calibration_loader(calibration, batch_size),
+        recipe=modifiers,
         pipeline=pipeline,
+        trust_remote_code_model=trust_remote_code,
+        **({"sequential_targets": chosen.sequential_targets(model)} if chosen.sequential_targets(model) else {}),
     )
     seconds = time.perf_counter() - start
 
@@ -138,8 +156,9 @@ def prune_checkpoint(
         "recipe": recipe_path.read_text(),
         "modifiers": _modifier_settings(),
         "sparsity": None,  # measured from the checkpoint as written, below
+        "family": chosen.name,
         "calibration": {**calibration.describe(), "data": str(data), "batch_size": batch_size,
-                        "pipeline": pipeline, "diffusion": diffusion},
+                        "pipeline": pipeline, "diffusion": diffusion, "family_ignore": ignored},
         "seed": seed,
         "prune_seconds": round(seconds, 2),
         "versions": package_versions(),
@@ -147,11 +166,13 @@ def prune_checkpoint(
     }
 
     def write(folder: Path) -> None:
+        chosen.prepare_for_save(model)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         # Record the zeros of the weights as saved: quantization can round small kept
         # weights to zero, so the in-memory float weights would under-count them.
-        metadata["sparsity"] = sparsity_report(load_checkpoint(folder, trust_remote_code=trust_remote_code))
+        reloaded = load_checkpoint(folder, trust_remote_code=trust_remote_code, family=chosen.name)
+        metadata["sparsity"] = sparsity_report(reloaded)
 
     output = write_atomically(output_dir, write, metadata=metadata, overwrite=overwrite)
     logger.info(f"Wrote {output} (overall sparsity {metadata['sparsity']['overall']:.2%})")

@@ -20,7 +20,7 @@ hence the two extra arguments.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,16 +89,23 @@ class DiffusionCalibrationSet:
             features=features,
         )
 
-    def dataloader(self, batch_size: int = 1) -> DataLoader:
+    def dataloader(self, batch_size: int = 1, columns: tuple[str, ...] = MODEL_INPUT_COLUMNS) -> DataLoader:
         """Rows in order, batched as ``{"input_ids": LongTensor, "attention_mask": LongTensor}``.
 
         llm-compressor's ``oneshot(dataset=...)`` uses a DataLoader as is, so
         this form avoids its default shuffle-and-subsample-to-512 of Datasets.
+        ``columns`` picks the keys: ``("input_ids",)`` for models whose code cannot take
+        a 2-D ``attention_mask`` (the rows are full windows, so nothing is lost).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        unknown = set(columns) - set(MODEL_INPUT_COLUMNS)
+        if "input_ids" not in columns or unknown:
+            raise ValueError(f"columns must include 'input_ids' and be among {MODEL_INPUT_COLUMNS}, got {columns!r}")
         return DataLoader(
-            _Rows(self.input_ids, self.attention_mask), batch_size=batch_size, shuffle=False
+            _Rows(self.input_ids, self.attention_mask if "attention_mask" in columns else None),
+            batch_size=batch_size,
+            shuffle=False,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -138,7 +145,7 @@ class DiffusionCalibrationSet:
 class _Rows(TorchDataset):
     """Map-style view of the rows; default collation stacks the dicts."""
 
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         self.input_ids = input_ids
         self.attention_mask = attention_mask
 
@@ -146,6 +153,8 @@ class _Rows(TorchDataset):
         return int(self.input_ids.shape[0])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.attention_mask is None:
+            return {"input_ids": self.input_ids[index]}
         return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]}
 
 
@@ -155,13 +164,15 @@ def noise_windows(
     mask_token_id: int,
     seed: int,
     eps: float = 1e-3,
+    maskable: torch.BoolTensor | None = None,
 ) -> tuple[torch.LongTensor, torch.LongTensor, torch.Tensor]:
     """Noise every clean window at every timestep; the pure core of the builder.
 
     Returns ``(input_ids [N*K, T], sample_index [N*K], timestep [N*K] float64)``
     in sample-major order. Row ``(s, j)`` uses ``row_generator(seed, s, j)``, so
     it is identical however many windows are noised together; ``t == 0`` rows
-    are clean copies.
+    are clean copies. ``maskable [N, T]`` (default: all true) marks the positions the
+    forward process may mask (e.g. Dream keeps a leading BOS / trailing EOS).
     """
     grid = _validate_timesteps(timesteps)
     if not isinstance(clean_ids, torch.Tensor) or clean_ids.dim() != 2:
@@ -175,8 +186,16 @@ def noise_windows(
     _check_int("mask_token_id", mask_token_id, minimum=-1 if all(t == 0 for t in grid) else 0)
     _check_int("seed", seed)
     mask_probability(0.5, eps)  # validates eps once, before the loop
+    if maskable is not None and (maskable.shape != clean_ids.shape or maskable.dtype != torch.bool):
+        raise ValueError(
+            f"maskable must be a bool tensor shaped like clean_ids {tuple(clean_ids.shape)}, "
+            f"got {maskable.dtype} {tuple(maskable.shape)}"
+        )
     rows = [
-        noise_tokens(window, t, mask_token_id, row_generator(seed, s, j), eps=eps)
+        noise_tokens(
+            window, t, mask_token_id, row_generator(seed, s, j), eps=eps,
+            maskable=None if maskable is None else maskable[s],
+        )
         for s, window in enumerate(clean_ids)
         for j, t in enumerate(grid)
     ]
@@ -199,6 +218,7 @@ def build_diffusion_calibration(
     config: Any = None,
     eps: float = 1e-3,
     max_chars: int | None = None,
+    maskable: Callable[[torch.LongTensor], torch.BoolTensor | None] | None = None,
 ) -> DiffusionCalibrationSet:
     """Build ``num_samples`` clean windows and noise each at every timestep.
 
@@ -214,6 +234,8 @@ def build_diffusion_calibration(
     as is) or ``oneshot(dataset=cal.to_dataset(), num_calibration_samples=len(cal),
     shuffle_calibration_samples=False)``; without those two arguments a
     Dataset is shuffled and cut to 512 rows by llm-compressor.
+    ``maskable(clean_ids) -> BoolTensor [N, T] | None`` restricts which positions may be
+    masked (a family's noising rule, e.g. ``family.maskable``).
     """
     _check_int("num_samples", num_samples, minimum=1)
     _check_int("seq_len", seq_len, minimum=2)
@@ -246,7 +268,8 @@ def build_diffusion_calibration(
         documents = load_documents(source, max_chars=max_chars)
         clean_ids = token_windows(documents, tokenizer, seq_len, num_samples, seed=seed)
 
-    input_ids, sample_index, timestep = noise_windows(clean_ids, grid, mask_token_id, seed, eps)
+    positions = maskable(clean_ids) if maskable is not None else None
+    input_ids, sample_index, timestep = noise_windows(clean_ids, grid, mask_token_id, seed, eps, positions)
     return DiffusionCalibrationSet(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sink_modifier.diffusion import (
-    is_diffusion_config,
-    load_documents,
-    max_sequence_length,
-    resolve_mask_token_id,
-    token_windows,
-)
+from sink_modifier.diffusion import load_documents, max_sequence_length, token_windows
 from sink_modifier.evaluation.evaluate import evaluate_model
-from sink_modifier.loading import load_model, load_tokenizer
+from sink_modifier.families import load_pretrained
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -35,21 +29,35 @@ def evaluate_checkpoint(
     max_chars: int | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    family: str | None = None,
 ) -> dict:
-    """Evaluate a saved model on ``num_windows`` windows of ``data``; see ``evaluate_model``."""
-    tokenizer = load_tokenizer(model_path, trust_remote_code)
-    model = load_model(model_path, dtype, trust_remote_code)
+    """Evaluate a saved model on ``num_windows`` windows of ``data``; see ``evaluate_model``.
+
+    The model's family decides the score: NELBO / masked CE for diffusion models (with Dream's
+    shifted logits and DiffusionGemma's clean prompt + scored canvas), perplexity for causal ones.
+    """
+    loaded = load_pretrained(model_path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
+    model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
     seq_len = seq_len or max_sequence_length(model.config) or 2048
     windows = token_windows(load_documents(data, max_chars=max_chars), tokenizer, seq_len, num_windows, seed=seed)
-    diffusion = is_diffusion_config(model.config)
+    diffusion = chosen.diffusion
     result = evaluate_model(
         model,
         windows,
         diffusion=diffusion,
-        mask_token_id=resolve_mask_token_id(tokenizer, model.config) if diffusion else None,
+        mask_token_id=loaded.mask_token_id if diffusion else None,
         seed=seed,
         mc_samples=mc_samples,
         batch_size=batch_size,
         progress=progress,
+        logit_shift=chosen.logit_shift if diffusion else 0,
+        maskable=chosen.scorable(windows, tokenizer, model.config) if diffusion else None,
+        logits_fn=(lambda ids: chosen.logits(model, ids)) if diffusion else None,
     )
-    return {"model": str(model_path), "data": str(data), "kind": "diffusion" if diffusion else "causal", **result}
+    return {
+        "model": str(model_path),
+        "data": str(data),
+        "family": chosen.name,
+        "kind": "diffusion" if diffusion else "causal",
+        **result,
+    }

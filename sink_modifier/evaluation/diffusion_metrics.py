@@ -46,6 +46,8 @@ passed to the model (transformers would shift them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -99,17 +101,27 @@ def _check_windows(windows: torch.Tensor) -> None:
         raise ValueError(f"windows is empty: shape {tuple(windows.shape)}")
 
 
-def _aligned_logits(model: nn.Module, input_ids: torch.Tensor, logit_shift: int) -> torch.Tensor:
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _aligned_logits(
+    model: nn.Module, input_ids: torch.Tensor, logit_shift: int, logits_fn: LogitsFn | None = None
+) -> torch.Tensor:
     """Logits with ``[:, i]`` scoring the token at ``i`` (model dtype, not yet upcast).
 
+    ``logits_fn(input_ids) -> [B, T, V]`` replaces ``model(input_ids=...).logits`` for models
+    with another forward (a family's ``logits``, e.g. DiffusionGemma's prompt/canvas split).
     ``logit_shift=1`` undoes Dream's convention (``logits[:, i-1]`` predicts token ``i``);
     position 0 then reuses ``logits[:, 0]``, which is meaningless, so with Dream-style models
     position 0 (normally a BOS) should be excluded via ``maskable``.
     """
-    output = model(input_ids=input_ids)
-    logits = getattr(output, "logits", None)
+    if logits_fn is not None:
+        logits = logits_fn(input_ids)
+    else:
+        output = model(input_ids=input_ids)
+        logits = getattr(output, "logits", None)
     if logits is None:
-        raise TypeError(f"model output {type(output).__name__} has no .logits")
+        raise TypeError("the model's output has no .logits")
     if logit_shift == 1:
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     return logits
@@ -147,6 +159,7 @@ def masked_cross_entropy(
     logit_shift: int = 0,
     maskable: torch.Tensor | None = None,
     progress: bool = False,
+    logits_fn: LogitsFn | None = None,
 ) -> dict:
     """Mean CE (nats) and argmax accuracy on masked tokens at a fixed mask ratio.
 
@@ -171,7 +184,7 @@ def masked_cross_entropy(
             clean = windows[start : start + batch_size].to(device=device, dtype=torch.long)
             mask = masks[start : start + batch_size].to(device)
             noisy = clean.masked_fill(mask, mask_token_id)
-            logits = _aligned_logits(model, noisy, logit_shift)
+            logits = _aligned_logits(model, noisy, logit_shift, logits_fn)
             ce, correct = _masked_ce(logits, clean, mask)
             ce_sum += ce.double().sum().item()
             n_correct += int(correct.sum())
@@ -195,6 +208,7 @@ def nelbo(
     logit_shift: int = 0,
     maskable: torch.Tensor | None = None,
     progress: bool = False,
+    logits_fn: LogitsFn | None = None,
 ) -> NelboResult:
     """LLaDA Monte-Carlo NELBO in nats per token (see the module docstring for the estimator).
 
@@ -225,7 +239,7 @@ def nelbo(
             clean = windows[row_window[rows]].to(device=device, dtype=torch.long)
             mask = flat_masks[rows].to(device)
             noisy = clean.masked_fill(mask, mask_token_id)
-            logits = _aligned_logits(model, noisy, logit_shift)
+            logits = _aligned_logits(model, noisy, logit_shift, logits_fn)
             ce, _ = _masked_ce(logits, clean, mask)
             row_of_token = mask.nonzero()[:, 0].cpu()
             sums = torch.zeros(mask.shape[0], dtype=torch.float64)

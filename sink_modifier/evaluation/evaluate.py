@@ -45,6 +45,8 @@ def evaluate_model(
     batch_size: int = 8,
     logit_shift: int = 0,
     progress: bool = True,
+    maskable: torch.Tensor | None = None,
+    logits_fn=None,
 ) -> dict:
     """Score ``model`` on clean token ``windows`` ``[N, T]``.
 
@@ -54,7 +56,8 @@ def evaluate_model(
          "num_windows", "seq_len", "mc_samples", "seed"}
 
     Causal: ``{"ppl", "ce", "num_windows", "seq_len", "seed"}``.
-    Ratio keys are ``str(float(ratio))``.
+    Ratio keys are ``str(float(ratio))``. ``maskable [N, T]``, ``logit_shift`` and ``logits_fn``
+    carry a family's rules (:meth:`ModelFamily.maskable`, ``.logit_shift``, ``.logits``).
     """
     _validate(model, windows)
     num_windows, seq_len = windows.shape
@@ -78,6 +81,8 @@ def evaluate_model(
         batch_size=batch_size,
         logit_shift=logit_shift,
         progress=progress,
+        maskable=maskable,
+        logits_fn=logits_fn,
     )
     masked_ce: dict[str, float] = {}
     masked_acc: dict[str, float] = {}
@@ -91,6 +96,8 @@ def evaluate_model(
             batch_size=batch_size,
             logit_shift=logit_shift,
             progress=progress,
+            maskable=maskable,
+            logits_fn=logits_fn,
         )
         masked_ce[str(float(ratio))] = result["ce"]
         masked_acc[str(float(ratio))] = result["accuracy"]

@@ -10,13 +10,19 @@ __all__ = ["is_n_m_sparse", "sparsity_report"]
 def sparsity_report(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> dict:
     """Fraction of exactly-zero weights per ``nn.Linear`` (by name) and over all of them.
 
-    Modules whose name ends with an entry of ``skip`` are left out (the LM head is never
-    pruned by our recipes). ``overall`` is weighted by parameter count.
+    The output head (``get_output_embeddings()``, whatever its name: LLaDA's is
+    ``model.transformer.ff_out``) and modules whose name ends with an entry of ``skip`` are
+    left out: recipes never prune the head. ``overall`` is weighted by parameter count.
     """
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if callable(getter) else None
+    except (AttributeError, NotImplementedError):
+        head = None
     per_layer: dict[str, float] = {}
     zeros = total = 0
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.endswith(skip):
+        if not isinstance(module, torch.nn.Linear) or name.endswith(skip) or module is head:
             continue
         weight = module.weight.detach()
         layer_zeros = int((weight == 0).sum())

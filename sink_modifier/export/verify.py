@@ -34,6 +34,7 @@ import torch
 
 from sink_modifier.export.checkpoint import METADATA_FILE
 from sink_modifier.export.sparsity import is_n_m_sparse
+from sink_modifier.families.loading import load_family_model
 from sink_modifier.loading import load_checkpoint, quantization_config
 
 __all__ = ["VerifyReport", "load_checkpoint", "verify_checkpoint"]
@@ -244,7 +245,7 @@ def _check_n_m(model, per_layer: dict[str, float], structures, report: VerifyRep
             report.checks.append(f"{n}:{m}: all {len(per_layer)} recorded layers keep the pattern")
 
 
-def _check_forward(model, report: VerifyReport) -> None:
+def _check_forward(model, family, report: VerifyReport) -> None:
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab < 1:
@@ -257,10 +258,7 @@ def _check_forward(model, report: VerifyReport) -> None:
         device = next(model.parameters()).device
         ids = ids.to(device)
         with torch.no_grad():
-            output = model(input_ids=ids)
-        logits = getattr(output, "logits", None)
-        if logits is None:
-            logits = output[0] if isinstance(output, (tuple, list)) else output
+            logits = family.logits(model, ids)
     except Exception as err:  # noqa: BLE001 - a broken checkpoint is a finding, not a crash
         report.problems.append(f"forward pass failed: {type(err).__name__}: {err}")
         return
@@ -277,7 +275,7 @@ def _check_forward(model, report: VerifyReport) -> None:
 
 
 def verify_checkpoint(
-    path: str | Path, *, tolerance: float = 1e-6, trust_remote_code: bool = False
+    path: str | Path, *, tolerance: float = 1e-6, trust_remote_code: bool = False, family: str | None = None
 ) -> VerifyReport:
     """Check a pruned (optionally quantized) checkpoint folder; see the module docstring."""
     if not tolerance >= 0:
@@ -297,18 +295,20 @@ def verify_checkpoint(
     model = None
     if config is not None:
         try:
-            model = load_checkpoint(folder, trust_remote_code=trust_remote_code, quantized=report.quantized)
+            model, chosen = load_family_model(
+                folder, family=family, trust_remote_code=trust_remote_code, quantized=report.quantized
+            )
         except Exception as err:  # noqa: BLE001
             report.problems.append(f"transformers cannot reload the checkpoint: {type(err).__name__}: {err}")
         else:
             how = " (compressed-tensors, dequantized at load)" if report.quantized else ""
-            report.checks.append(f"reloaded with AutoModelForCausalLM.from_pretrained{how}")
+            report.checks.append(f"reloaded with from_pretrained as a {chosen.name} model{how}")
 
     if model is not None:
         if per_layer is not None:
             _check_sparsity(model, per_layer, tolerance, report)
             _check_n_m(model, per_layer, structures, report)
-        _check_forward(model, report)
+        _check_forward(model, chosen, report)
 
     report.ok = not report.problems
     return report

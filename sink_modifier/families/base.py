@@ -1,0 +1,131 @@
+"""What a model family knows: how to load it, what its mask token and noising rule are, how to run it.
+
+A family is a small stateless object. The defaults here are the plain Hugging Face path
+(``AutoModelForCausalLM``, ``model(input_ids).logits``, every position maskable); each
+family module overrides only what its published checkpoints do differently, so family
+differences live in one file each instead of ``if model_type == ...`` across the code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sink_modifier.diffusion.mask_token import resolve_mask_token_id
+
+__all__ = ["ModelFamily", "output_head_patterns"]
+
+
+def output_head_patterns(model: nn.Module) -> list[str]:
+    """``re:`` patterns matching exactly the module(s) ``get_output_embeddings()`` returns."""
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if callable(getter) else None
+    except (AttributeError, NotImplementedError):
+        head = None
+    if head is None:
+        return []
+    # llm-compressor names Linear targets with a trailing dot ("lm_head."), hence "\.?$".
+    return [f"re:^{re.escape(name)}\\.?$" for name, module in model.named_modules() if module is head and name]
+
+
+class ModelFamily:
+    """Per-family rules. Subclasses set the class attributes and override methods as needed.
+
+    :cvar name: the ``--family`` name.
+    :cvar diffusion: masked-diffusion model (noised calibration, NELBO) or causal (clean, perplexity).
+    :cvar logit_shift: 1 when position ``i``'s logits predict token ``i + 1`` (Dream, AR models).
+    :cvar remote_code: the published checkpoints need ``trust_remote_code=True``.
+    :cvar examples: published checkpoints of the family, for messages and docs.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    diffusion: ClassVar[bool] = True
+    logit_shift: ClassVar[int] = 0
+    remote_code: ClassVar[bool] = False
+    examples: ClassVar[tuple[str, ...]] = ()
+
+    # -- detection -------------------------------------------------------------------
+    def matches(self, config: dict[str, Any]) -> bool:
+        """Whether a parsed ``config.json`` belongs to this family."""
+        raise NotImplementedError
+
+    # -- loading ---------------------------------------------------------------------
+    def load_model(
+        self, folder: Path, *, dtype: Any, trust_remote_code: bool, quantization_config: Any = None
+    ) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+        )
+
+    def load_tokenizer(self, folder: Path, *, trust_remote_code: bool):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+    def prepare_for_save(self, model: nn.Module) -> None:
+        """Make ``model.save_pretrained`` work under the pinned transformers (in memory only)."""
+
+    # -- tokens ------------------------------------------------------------------------
+    def mask_token_id(self, tokenizer: Any, config: Any) -> int | None:
+        """The mask token (``None`` for causal models)."""
+        if not self.diffusion:
+            return None
+        return resolve_mask_token_id(tokenizer, config)
+
+    def maskable(self, clean_ids: torch.LongTensor, tokenizer: Any, config: Any) -> torch.BoolTensor | None:
+        """Which positions of clean windows ``[N, T]`` the forward process may mask (``None``: all)."""
+        return None
+
+    def scorable(self, clean_ids: torch.LongTensor, tokenizer: Any, config: Any) -> torch.BoolTensor | None:
+        """Positions evaluation may mask and score: the maskable ones the logits can predict.
+
+        With ``logit_shift = 1`` no logit predicts position 0, so it is never scored.
+        """
+        maskable = self.maskable(clean_ids, tokenizer, config)
+        if self.logit_shift == 0:
+            return maskable
+        scorable = torch.ones_like(clean_ids, dtype=torch.bool) if maskable is None else maskable.clone()
+        scorable[:, : self.logit_shift] = False
+        return scorable
+
+    # -- running ---------------------------------------------------------------------
+    def model_inputs(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> dict:
+        """Keyword arguments of one forward over token rows ``[B, T]``."""
+        inputs = {"input_ids": input_ids}
+        if attention_mask is not None and not bool(attention_mask.all()):
+            inputs["attention_mask"] = attention_mask
+        return inputs
+
+    def logits(self, model: nn.Module, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, T, V]`` of a forward over ``input_ids``, as the model emits them (unshifted)."""
+        return model(**self.model_inputs(input_ids, attention_mask)).logits
+
+    # -- calibration -------------------------------------------------------------------
+    def calibration_loader(self, calibration, batch_size: int):
+        """The DataLoader of a :class:`DiffusionCalibrationSet` in the columns this model's forward takes."""
+        return calibration.dataloader(batch_size)
+
+    # -- pruning ---------------------------------------------------------------------
+    def pruning_ignore(self, model: nn.Module) -> list[str]:
+        """Modules every recipe must leave alone: the output head, and any text-blind modules.
+
+        The head is found as ``get_output_embeddings()`` rather than by the name ``lm_head``
+        (LLaDA's is ``model.transformer.ff_out``, and each block has an ``ff_out`` too).
+        """
+        return output_head_patterns(model)
+
+    def sequential_targets(self, model: nn.Module) -> list[str] | None:
+        """Decoder-block class names for llm-compressor's sequential pipeline (None: its default)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
