@@ -131,7 +131,8 @@ def analyze_models(
 
     from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS, analyze_sink_dynamics
     from sink_modifier.diffusion import check_seq_len, load_documents, max_sequence_length, token_windows
-    from sink_modifier.loading import _check_folder, load_model, load_tokenizer
+    from sink_modifier.families import load_pretrained
+    from sink_modifier.loading import _check_folder
 
     timesteps = tuple(TRAJECTORY_TIMESTEPS if timesteps is None else timesteps)
     configs = [
@@ -145,11 +146,12 @@ def analyze_models(
     documents = load_documents(data, max_chars=max_chars)
     analyses = []
     for path in model_paths:
-        tokenizer = load_tokenizer(path, trust_remote_code)
+        loaded = load_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tokenizer = loaded.model, loaded.tokenizer
         windows = token_windows(documents, tokenizer, seq_len, num_windows, seed=seed)
-        model = load_model(path, dtype, trust_remote_code)
         analysis = analyze_sink_dynamics(
             model, tokenizer, windows, timesteps=timesteps, seed=seed, sink_std=sink_std,
+            diffusion=loaded.family.diffusion, mask_token_id=loaded.mask_token_id,
             sink_alpha=sink_alpha, top_k=top_k, progress=progress, batch_size=batch_size,
             store_mass_samples=store_mass_samples, store_layer_samples=store_layer_samples,
             model_name=str(path),
