@@ -12,6 +12,8 @@ import json
 import sys
 
 from sink_modifier.diagnostics.command import add_analyze_parser, run_analyze
+from sink_modifier.export.onnx_command import add_export_onnx_parser, run_export_onnx
+from sink_modifier.generation.command import add_generate_parser, run_generate
 from sink_modifier.loading import DTYPES
 
 __all__ = ["main"]
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allowed difference of each layer's zero fraction from the recorded one (default 1e-6)")
     verify.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
     add_analyze_parser(commands)
+    add_generate_parser(commands)
+    add_export_onnx_parser(commands)
     return parser
 
 
@@ -143,6 +147,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"prune": _run_prune, "eval": _run_eval, "verify": _run_verify, "analyze": run_analyze}
+    commands.update({"generate": run_generate, "export-onnx": run_export_onnx})
     try:
         return commands[args.command](args)
     except (*USER_ERRORS, RuntimeError) as err:

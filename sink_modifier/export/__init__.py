@@ -1,4 +1,4 @@
-"""Saving pruned models: atomic checkpoints and the sparsity they really have."""
+"""Saving pruned models: atomic checkpoints, the sparsity they really have, ONNX export."""
 
 from sink_modifier.export.checkpoint import (
     METADATA_FILE,
@@ -6,12 +6,15 @@ from sink_modifier.export.checkpoint import (
     check_output_dir,
     write_atomically,
 )
+from sink_modifier.export.onnx_export import OnnxExportResult, export_onnx
 from sink_modifier.export.sparsity import is_n_m_sparse, sparsity_report
 
 __all__ = [
     "METADATA_FILE",
+    "OnnxExportResult",
     "OutputExistsError",
     "check_output_dir",
+    "export_onnx",
     "is_n_m_sparse",
     "sparsity_report",
     "write_atomically",

@@ -1,0 +1,332 @@
+"""Export a (pruned, possibly quantized) diffusion LM to ONNX: ``input_ids [B, L] -> logits [B, L, V]``.
+
+Uses ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript): shapes are traced
+symbolically, so the dynamic batch and sequence axes are checked by ``torch.export`` rather
+than silently specialised the way the deprecated TorchScript exporter can. The graph has
+no KV cache and no attention-mask input: a masked diffusion LM attends bidirectionally over
+the whole canvas at every step, and the export is verified against PyTorch with ONNX
+Runtime (at two sequence lengths, which also catches a graph that turned causal).
+
+A quantized compressed-tensors checkpoint is exported *dequantized*: its weights are
+decompressed to float and put into a plain model of the same config, so weight
+quantization (and pruning zeros) is reproduced exactly; activation fake-quantization
+(W8A8, FP8 dynamic) is not part of the exported graph.
+
+Output: a folder (``model.onnx`` with external weight data beside it when large, plus
+``config.json``, the tokenizer files and ``onnx_export.json``), or a single ``.onnx`` file
+(models under the 2 GB protobuf limit). Both appear complete or not at all.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sink_modifier.export.checkpoint import check_output_dir, write_atomically
+
+__all__ = [
+    "ONNX_FILE", "ONNX_METADATA_FILE", "OnnxExportResult", "export_onnx", "load_for_export", "read_export_metadata",
+]
+
+ONNX_FILE = "model.onnx"
+ONNX_METADATA_FILE = "onnx_export.json"
+_PROTOBUF_LIMIT = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class OnnxExportResult:
+    path: Path  # the .onnx file
+    opset: int | None
+    seconds: float
+    max_abs_diff: dict[str, float]  # ORT vs PyTorch logits, per checked shape "BxL"
+    bidirectional: bool | None  # ORT logits at position 0 depend on the last token
+    metadata: dict
+
+
+class _LogitsOnly(nn.Module):
+    """``input_ids -> logits`` with no cache, so the graph has one input and one output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self._kwargs = {"use_cache": False} if "use_cache" in params else {}
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, **self._kwargs).logits
+
+
+def load_for_export(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False) -> nn.Module:
+    """Load a model folder as a plain float model (quantized checkpoints dequantized)."""
+    from sink_modifier.loading import load_checkpoint, load_model, quantization_config
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no config.json); pass the directory "
+                                "that from_pretrained would load")
+    config = json.loads((folder / "config.json").read_text())
+    if quantization_config(config) is None:
+        return load_model(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+    return _dequantized_plain(load_checkpoint(folder, trust_remote_code=trust_remote_code, quantized=True), dtype)
+
+
+def _dequantized_plain(quantized: nn.Module, dtype: str) -> nn.Module:
+    """A model of the same config without quantization modules, holding the dequantized weights."""
+    from sink_modifier.loading import DTYPES
+
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    torch_dtype = torch.float32 if DTYPES[dtype] == "auto" else DTYPES[dtype]
+    plain = type(quantized)._from_config(config, dtype=torch_dtype)
+    wanted = plain.state_dict()
+    state = {k: v for k, v in quantized.state_dict().items() if k in wanted}
+    missing = plain.load_state_dict(state, strict=False).missing_keys
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied:
+        raise RuntimeError(f"the dequantized checkpoint lacks weights {sorted(set(missing) - tied)[:5]} "
+                           "of the plain model; it cannot be exported as a float graph")
+    return plain.to(torch_dtype).eval()
+
+
+def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool) -> tuple[nn.Module, Path | None]:
+    if isinstance(model_or_dir, nn.Module):
+        return model_or_dir.eval(), None
+    folder = Path(model_or_dir)
+    return load_for_export(folder, dtype=dtype, trust_remote_code=trust_remote_code), folder
+
+
+def _example_ids(config, batch: int, seq_len: int, seed: int) -> torch.Tensor:
+    vocab = int(getattr(config, "vocab_size", 32) or 32)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq_len), generator=g)
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _check_ort(onnx_path: Path, wrapper: _LogitsOnly, config, lengths: tuple[int, ...], atol: float):
+    """Compare ORT with PyTorch at each length (batch 2); return max diffs and bidirectionality."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    diffs: dict[str, float] = {}
+    bidirectional = None
+    for i, length in enumerate(lengths):
+        ids = _example_ids(config, 2, length, seed=100 + i)
+        with torch.no_grad():
+            expected = wrapper(ids).float()
+        got = torch.from_numpy(session.run(["logits"], {"input_ids": ids.numpy()})[0]).float()
+        if got.shape != expected.shape:
+            raise RuntimeError(f"ONNX logits have shape {tuple(got.shape)} for input {tuple(ids.shape)}, "
+                               f"PyTorch {tuple(expected.shape)}: the dynamic axes were not exported")
+        diffs[f"2x{length}"] = float((got - expected).abs().max())
+        if length > 1 and bidirectional is None:
+            changed = ids.clone()
+            changed[:, -1] = (changed[:, -1] + 1) % int(getattr(config, "vocab_size", 32) or 32)
+            other = torch.from_numpy(session.run(["logits"], {"input_ids": changed.numpy()})[0])
+            bidirectional = bool((other[:, 0] - got[:, 0]).abs().max() > 0)
+    worst = max(diffs.values())
+    if not worst <= atol:
+        raise RuntimeError(f"ONNX Runtime logits differ from PyTorch by {worst:.3g} (> atol {atol}) at {diffs}; "
+                           "the exported graph does not reproduce the model (export in float32, or raise atol)")
+    return diffs, bidirectional
+
+
+def export_onnx(
+    model_or_dir: nn.Module | str | Path,
+    out_path: str | Path,
+    *,
+    dtype: str = "float32",
+    opset: int | None = None,
+    example_seq_len: int = 17,
+    check_lengths: tuple[int, ...] = (8, 33),
+    atol: float = 1e-3,
+    check: bool = True,
+    optimize: bool = True,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    tokenizer=None,
+) -> OnnxExportResult:
+    """Export ``input_ids [B, L] -> logits [B, L, V]`` with dynamic ``B`` and ``L``; verify with ORT.
+
+    ``out_path`` ending in ``.onnx`` is written as one self-contained file (under 2 GB of
+    weights); anything else is a folder with ``model.onnx``, external data if needed,
+    ``config.json``, the tokenizer (copied from the source folder or ``tokenizer``) and
+    ``onnx_export.json``. ``check`` runs ONNX Runtime at ``check_lengths`` (batch 2) and raises
+    if any logit differs from PyTorch by more than ``atol``. ``optimize`` runs onnxscript's graph
+    optimizer (constant folding, redundant-op removal) after the export; turning it off saves
+    export time and gives a larger, equally exact graph.
+    """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
+    except ImportError as err:
+        raise ImportError("ONNX export needs onnx and onnxscript (and onnxruntime to check it): "
+                          "pip install 'sink-modifier[onnx]'") from err
+    out = Path(out_path)
+    single_file = out.suffix == ".onnx"
+    check_output_dir(out, overwrite) if not single_file else _check_file(out, overwrite)
+    model, source = _resolve_model(model_or_dir, dtype, trust_remote_code)
+    config = getattr(model, "config", None)
+    if getattr(config, "is_causal", None) is True:
+        warnings.warn("config.is_causal is True: exporting a causal model; the diffusion sampler "
+                      "needs bidirectional attention", stacklevel=2)
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if single_file and _param_bytes(model) > _PROTOBUF_LIMIT * 0.95:
+        raise ValueError(f"the model has {_param_bytes(model) / 1024**3:.1f} GiB of weights, over the 2 GB limit "
+                         f"of a single .onnx file; pass a folder as out_path (weights go to external data)")
+    lengths = tuple(n for n in check_lengths if max_positions is None or n <= max_positions)
+    seq_len = min(example_seq_len, max_positions) if max_positions else example_seq_len
+    wrapper = _LogitsOnly(model).eval()
+    example = _example_ids(config, 2, seq_len, seed=0)
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    seq_dim = torch.export.Dim("seq_len", min=1, max=max_positions) if max_positions else torch.export.Dim(
+        "seq_len", min=1)
+
+    start = time.perf_counter()
+    result: dict = {}
+
+    def write(target: Path) -> None:
+        onnx_path = target / ONNX_FILE if not single_file else target
+        external = not single_file and _param_bytes(model) > _PROTOBUF_LIMIT * 0.5
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            program = torch.onnx.export(
+                wrapper, (example,), None, dynamo=True, input_names=["input_ids"],
+                output_names=["logits"], dynamic_shapes={"input_ids": {0: batch_dim, 1: seq_dim}},
+                opset_version=opset, optimize=optimize, verbose=False,
+            )
+        result["opset"], result["optimize"] = _opset_of(program), optimize
+        # the facts a runtime needs travel inside the .onnx file too (ORT: custom_metadata_map)
+        for key, value in _runtime_facts(config).items():
+            program.model.metadata_props[key] = value
+        program.save(str(onnx_path), external_data=external)
+        if check:
+            result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapper, config, lengths, atol)
+        else:
+            result["diffs"], result["bidirectional"] = {}, None
+        result["metadata"] = _metadata(model, source, result, time.perf_counter() - start)
+        if not single_file:
+            if config is not None:
+                config.save_pretrained(target)
+            _copy_tokenizer(source, tokenizer, target)
+            (target / ONNX_METADATA_FILE).write_text(json.dumps(result["metadata"], indent=2, sort_keys=True) + "\n")
+
+    if single_file:
+        _write_file_atomically(out, write)
+        onnx_file = out
+    else:
+        onnx_file = write_atomically(out, write, overwrite=overwrite) / ONNX_FILE
+    return OnnxExportResult(path=onnx_file, opset=result["opset"], seconds=time.perf_counter() - start,
+                            max_abs_diff=result["diffs"], bidirectional=result["bidirectional"],
+                            metadata=result["metadata"])
+
+
+def _check_file(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    if out.exists() and out.is_dir():
+        raise FileExistsError(f"{out} is a folder; pass a folder path without the .onnx suffix to export into it")
+
+
+def _write_file_atomically(out: Path, write) -> None:
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.partial-", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        tmp.chmod(0o666 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _runtime_facts(config) -> dict[str, str]:
+    from sink_modifier.diffusion import resolve_mask_token_id
+
+    facts = {"sink_modifier.logits": "input_ids [batch, seq_len] -> logits [batch, seq_len, vocab]"}
+    try:
+        facts["mask_token_id"] = str(resolve_mask_token_id(None, config))
+    except ValueError:
+        pass
+    for key in ("max_position_embeddings", "vocab_size"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            facts[key] = str(value)
+    return facts
+
+
+def _opset_of(program) -> int | None:
+    imports = getattr(getattr(program, "model", None), "opset_imports", {}) or {}
+    value = imports.get("", imports.get("ai.onnx"))
+    return int(value) if value is not None else None
+
+
+def _metadata(model: nn.Module, source: Path | None, result: dict, seconds: float) -> dict:
+    import onnx
+    import onnxscript
+
+    from sink_modifier.diffusion import resolve_mask_token_id
+
+    config = getattr(model, "config", None)
+    try:
+        mask_token_id = resolve_mask_token_id(None, config)
+    except ValueError:
+        mask_token_id = None
+    return {
+        "source": str(source) if source is not None else None,
+        "inputs": {"input_ids": ["batch", "seq_len"]},
+        "outputs": {"logits": ["batch", "seq_len", "vocab"]},
+        "mask_token_id": mask_token_id,
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "opset": result.get("opset"),
+        "check_max_abs_diff": result.get("diffs"),
+        "bidirectional": result.get("bidirectional"),
+        "export_seconds": round(seconds, 2),
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "optimized": result.get("optimize"),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
+    }
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                    "vocab.json", "merges.txt", "generation_config.json")
+
+
+def _copy_tokenizer(source: Path | None, tokenizer, target: Path) -> None:
+    if tokenizer is not None:
+        tokenizer.save_pretrained(target)
+        return
+    if source is None:
+        return
+    for name in _TOKENIZER_FILES:
+        if (source / name).is_file():
+            (target / name).write_bytes((source / name).read_bytes())
+
+
+def read_export_metadata(path: str | Path) -> dict:
+    """``onnx_export.json`` of an export folder (or of the folder holding a ``.onnx`` file), or {}."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    meta = folder / ONNX_METADATA_FILE
+    return json.loads(meta.read_text()) if meta.is_file() else {}

@@ -1,0 +1,129 @@
+"""``sink-modifier generate``: denoise a completion for a prompt, print it and tokens/s.
+
+Wired into :mod:`sink_modifier.cli` with ``add_generate_parser(commands)`` and
+``"generate": run_generate``. Heavy imports happen inside :func:`run_generate`.
+All model loading is in :func:`load_for_generation`, the one place to swap for a family
+registry (which would also supply ``logits_fn`` and ``logit_shift``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["GenerationModel", "add_generate_parser", "load_for_generation", "run_generate"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from err
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    from sink_modifier.generation.sampler import REMASKING
+    from sink_modifier.loading import DTYPES
+
+    parser = subparsers.add_parser(
+        "generate", help="generate text with a diffusion LM (LLaDA low-confidence remasking sampler)",
+        description="Appends --gen-length mask tokens to the prompt and denoises them block by block "
+                    "(--steps spread evenly over the blocks), then prints the text and tokens/s.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="model folder, or a folder written by `sink-modifier export-onnx` with --onnx")
+    parser.add_argument("--prompt", required=True, help="prompt text")
+    parser.add_argument("--gen-length", type=_positive, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--steps", type=_positive, default=64, help="denoising steps in total (default 64)")
+    parser.add_argument("--block-length", type=_positive, default=32,
+                        help="semi-autoregressive block size; divides --gen-length (default 32)")
+    parser.add_argument("--temperature", type=_non_negative, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--cfg-scale", type=_non_negative, default=0.0, help="classifier-free guidance (default 0)")
+    parser.add_argument("--remasking", choices=list(REMASKING), default="low_confidence")
+    parser.add_argument("--logit-shift", type=int, choices=[0, 1], default=0,
+                        help="1 for Dream-style models whose logits[i] predict token i+1 (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random draws (default 0)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--onnx", action="store_true", help="run the forward pass in ONNX Runtime (export folder)")
+    parser.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch / ORT")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    return parser
+
+
+@dataclass
+class GenerationModel:
+    """What the sampler needs: a model (or None), a tokenizer, the mask id and the forward."""
+
+    model: Any
+    tokenizer: Any
+    mask_token_id: int
+    logits_fn: Callable | None = None
+    logit_shift: int = 0
+    eos_token_id: int | None = None
+
+
+def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool = False,
+                        trust_remote_code: bool = False, threads: int | None = None) -> GenerationModel:
+    """Load a model folder (or an ONNX export folder) with its tokenizer and mask id."""
+    from sink_modifier.diffusion import resolve_mask_token_id
+    from sink_modifier.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    if onnx:
+        from sink_modifier.generation.onnx_runtime import OnnxDenoiser
+
+        denoiser = OnnxDenoiser(path, intra_op_threads=threads)
+        mask_id = denoiser.mask_token_id if denoiser.mask_token_id is not None else resolve_mask_token_id(tokenizer)
+        return GenerationModel(denoiser, tokenizer, mask_id, logits_fn=denoiser)
+    model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    return GenerationModel(model, tokenizer, resolve_mask_token_id(tokenizer, model.config))
+
+
+def run_generate(args) -> int:
+    import torch
+
+    from sink_modifier.generation.sampler import generate_with_stats
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    loaded = load_for_generation(args.model, dtype=args.dtype, onnx=args.onnx,
+                                 trust_remote_code=args.trust_remote_code, threads=args.threads)
+    prompt_ids = loaded.tokenizer(args.prompt, return_tensors="pt").input_ids
+    if prompt_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty after tokenization; pass some text with --prompt")
+    result = generate_with_stats(
+        loaded.model, prompt_ids, mask_token_id=loaded.mask_token_id, gen_length=args.gen_length,
+        steps=args.steps, block_length=args.block_length, temperature=args.temperature,
+        cfg_scale=args.cfg_scale, remasking=args.remasking, logit_shift=args.logit_shift,
+        eos_token_id=loaded.eos_token_id, generator=torch.Generator().manual_seed(args.seed),
+        logits_fn=loaded.logits_fn,
+    )
+    completion = loaded.tokenizer.decode(result.generated[0], skip_special_tokens=False)
+    if args.json:
+        print(json.dumps({
+            "prompt": args.prompt, "completion": completion, "token_ids": result.generated[0].tolist(),
+            "gen_length": args.gen_length, "steps": args.steps, "forward_passes": result.forward_passes,
+            "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
+        }))
+    else:
+        print(args.prompt + completion)
+        print(f"-- {result.new_tokens} tokens in {result.seconds:.2f} s: {result.tokens_per_second:.1f} tokens/s "
+              f"({result.forward_passes} forward passes{', ONNX Runtime' if args.onnx else ''})")
+    return 0
