@@ -33,6 +33,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_family_argument(parser: argparse.ArgumentParser) -> None:
+    from sink_modifier.families import FAMILIES
+
+    parser.add_argument("--family", choices=list(FAMILIES), default=None,
+                        help="model family (default: detected from config.json; see `sink-modifier families`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sink-modifier", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="llm-compressor calibration pipeline (basic = paper's one-shot statistics)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    _add_family_argument(prune)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on held-out text")
     evaluate.add_argument("--model", required=True)
@@ -65,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive, default=8)
     evaluate.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--trust-remote-code", action="store_true")
+    evaluate.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    _add_family_argument(evaluate)
 
     verify = commands.add_parser(
         "verify", help="check a pruned checkpoint against its sink_modifier.json (exit 1 on any mismatch)"
@@ -75,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tolerance", type=float, default=1e-6,
                         help="allowed difference of each layer's zero fraction from the recorded one (default 1e-6)")
     verify.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    _add_family_argument(verify)
+    commands.add_parser("families", help="list the supported model families and how each is detected")
     add_analyze_parser(commands)
     add_generate_parser(commands)
     add_export_onnx_parser(commands)
@@ -88,7 +99,7 @@ def _run_prune(args) -> int:
         args.model, args.recipe, args.data, args.output,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, timesteps=args.timesteps,
         batch_size=args.batch_size, dtype=args.dtype, pipeline=args.pipeline,
-        overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, family=args.family,
     )
     sparsity = result.metadata["sparsity"]
     print(f"wrote {result.output_dir}: {sparsity['num_layers']} layers, overall sparsity {sparsity['overall']:.4f}")
@@ -101,7 +112,7 @@ def _run_eval(args) -> int:
     result = evaluate_checkpoint(
         args.model, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
         mc_samples=args.mc_samples, batch_size=args.batch_size, dtype=args.dtype,
-        progress=not args.json, trust_remote_code=args.trust_remote_code,
+        progress=not args.json, trust_remote_code=args.trust_remote_code, family=args.family,
     )
     if args.json:
         print(json.dumps(result))
@@ -116,7 +127,9 @@ def _run_eval(args) -> int:
 def _run_verify(args) -> int:
     from sink_modifier.export.verify import verify_checkpoint
 
-    report = verify_checkpoint(args.dir, tolerance=args.tolerance, trust_remote_code=args.trust_remote_code)
+    report = verify_checkpoint(
+        args.dir, tolerance=args.tolerance, trust_remote_code=args.trust_remote_code, family=args.family
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -134,6 +147,18 @@ def _run_verify(args) -> int:
     return 1
 
 
+def _run_families(args) -> int:
+    from sink_modifier.families import FAMILIES
+
+    for family in FAMILIES.values():
+        kind = "diffusion" if family.diffusion else "causal"
+        remote = ", remote code" if family.remote_code else ""
+        print(f"{family.name:16s} {kind}{remote}: {family.description}")
+        if family.examples:
+            print(f"{'':16s} e.g. {', '.join(family.examples)}")
+    return 0
+
+
 def _root_cause(err: BaseException) -> BaseException:
     """llm-compressor's sequential pipeline re-raises a layer's error as RuntimeError from it."""
     while isinstance(err, RuntimeError) and err.__cause__ is not None:
@@ -146,7 +171,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"prune": _run_prune, "eval": _run_eval, "verify": _run_verify, "analyze": run_analyze}
+    commands = {"prune": _run_prune, "eval": _run_eval, "verify": _run_verify, "families": _run_families, "analyze": run_analyze}
     commands.update({"generate": run_generate, "export-onnx": run_export_onnx})
     try:
         return commands[args.command](args)

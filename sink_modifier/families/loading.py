@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .base import ModelFamily
+from .hub import model_folder
 from .registry import detect_family, read_config
 
 __all__ = ["DTYPES", "LoadedModel", "load_pretrained", "load_family_model", "load_family_tokenizer"]
@@ -55,7 +56,7 @@ def load_family_model(
     forces either way) is decompressed at load with ``CompressedTensorsConfig(dequantize=True)``:
     weights come back in the model dtype and modules keep their quantization scheme.
     """
-    folder = Path(path)
+    folder = model_folder(path)
     config = read_config(folder)
     chosen = detect_family(config, family if not isinstance(family, ModelFamily) else None)
     if isinstance(family, ModelFamily):
@@ -78,7 +79,7 @@ def load_family_model(
 
 
 def load_family_tokenizer(path: str | Path, family: ModelFamily, trust_remote_code: bool = False):
-    folder = Path(path)
+    folder = model_folder(path)
     read_config(folder)  # a clear error for a folder that is not a model
     return family.load_tokenizer(folder, trust_remote_code=trust_remote_code)
 
