@@ -56,14 +56,18 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=_non_negative, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--cfg-scale", type=_non_negative, default=0.0, help="classifier-free guidance (default 0)")
     parser.add_argument("--remasking", choices=list(REMASKING), default="low_confidence")
-    parser.add_argument("--logit-shift", type=int, choices=[0, 1], default=0,
-                        help="1 for Dream-style models whose logits[i] predict token i+1 (default 0)")
+    parser.add_argument("--logit-shift", type=int, choices=[0, 1], default=None,
+                        help="1 for Dream-style models whose logits[i] predict token i+1 (default: the family's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random draws (default 0)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--onnx", action="store_true", help="run the forward pass in ONNX Runtime (export folder)")
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch / ORT")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    from sink_modifier.families import FAMILIES
+
+    parser.add_argument("--family", choices=list(FAMILIES), default=None,
+                        help="model family (default: detected from config.json)")
     return parser
 
 
@@ -80,20 +84,30 @@ class GenerationModel:
 
 
 def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool = False,
-                        trust_remote_code: bool = False, threads: int | None = None) -> GenerationModel:
+                        trust_remote_code: bool = False, threads: int | None = None,
+                        family: str | None = None) -> GenerationModel:
     """Load a model folder (or an ONNX export folder) with its tokenizer and mask id."""
     from sink_modifier.diffusion import resolve_mask_token_id
-    from sink_modifier.loading import load_model, load_tokenizer
+    from sink_modifier.loading import load_tokenizer
 
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     if onnx:
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         from sink_modifier.generation.onnx_runtime import OnnxDenoiser
 
         denoiser = OnnxDenoiser(path, intra_op_threads=threads)
         mask_id = denoiser.mask_token_id if denoiser.mask_token_id is not None else resolve_mask_token_id(tokenizer)
         return GenerationModel(denoiser, tokenizer, mask_id, logits_fn=denoiser)
-    model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    return GenerationModel(model, tokenizer, resolve_mask_token_id(tokenizer, model.config))
+    from sink_modifier.families import load_pretrained
+
+    loaded = load_pretrained(path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
+    if not loaded.family.diffusion:
+        raise ValueError(
+            f"{path} is a {loaded.family.name} (autoregressive) model; denoising generation needs a diffusion LM "
+            "(pass --family if detection is wrong)"
+        )
+    model, chosen = loaded.model, loaded.family
+    return GenerationModel(model, loaded.tokenizer, loaded.mask_token_id,
+                           logits_fn=lambda ids: chosen.logits(model, ids), logit_shift=chosen.logit_shift)
 
 
 def run_generate(args) -> int:
@@ -104,14 +118,15 @@ def run_generate(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     loaded = load_for_generation(args.model, dtype=args.dtype, onnx=args.onnx,
-                                 trust_remote_code=args.trust_remote_code, threads=args.threads)
+                                 trust_remote_code=args.trust_remote_code, threads=args.threads,
+                                 family=args.family)
     prompt_ids = loaded.tokenizer(args.prompt, return_tensors="pt").input_ids
     if prompt_ids.shape[1] == 0:
         raise ValueError("the prompt is empty after tokenization; pass some text with --prompt")
     result = generate_with_stats(
         loaded.model, prompt_ids, mask_token_id=loaded.mask_token_id, gen_length=args.gen_length,
         steps=args.steps, block_length=args.block_length, temperature=args.temperature,
-        cfg_scale=args.cfg_scale, remasking=args.remasking, logit_shift=args.logit_shift,
+        cfg_scale=args.cfg_scale, remasking=args.remasking, logit_shift=loaded.logit_shift if args.logit_shift is None else args.logit_shift,
         eos_token_id=loaded.eos_token_id, generator=torch.Generator().manual_seed(args.seed),
         logits_fn=loaded.logits_fn,
     )
