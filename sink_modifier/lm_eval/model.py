@@ -1,0 +1,569 @@
+"""lm-evaluation-harness model type ``sink_dlm`` for masked diffusion language models.
+
+A port of the paper's ``llada_dist`` wrapper (reference spec §4.1) with its bugs fixed (§7.2):
+
+* ``loglikelihood(context, continuation)`` is the LLaDA Monte-Carlo ELBO. The sequence is
+  ``context + continuation``; only continuation tokens are ever masked. Draw ``r`` masks exactly
+  ``k_r`` of the ``L`` continuation positions (a uniform random subset) and scores
+  ``(L / k_r) * sum_{masked i} -log p(x_i | noisy)``; the log-likelihood is minus the mean over
+  the ``mc_num`` draws (a lower bound on ``log p(continuation | context)`` in expectation). The
+  counts ``k_r`` are stratified like the reference: one random offset ``k0 ~ U{1..L}`` and
+  ``round(linspace(k0, k0 + (s-1) L/s, s))`` wrapped into ``[1, L]`` for each stratum of ``s``
+  draws. The reference uses ``s = batch_size`` (so its estimate depends on the batch size);
+  here ``s = strata_size`` (default: all ``mc_num`` draws in one stratum), and ``batch_size``
+  only says how many rows go through the model at once.
+* Masks are drawn from a generator seeded by ``(seed, token ids of the pair)``: the same
+  request gets the same masks whatever its position, batch, rank or model, so a dense and a
+  pruned model are scored on identical masks (common random numbers), and a rerun reproduces.
+* ``cfg > 0``: classifier-free guidance, ``un + (cfg + 1)(cond - un)`` where the unconditional
+  input has every context token replaced by the mask token.
+* ``is_greedy`` (``is_check_greedy=True``): the reference's ``suffix_greedy_prediction``,
+  i.e. the continuation fully masked, then ``L`` steps each committing the single most
+  confident position with its argmax; that is :func:`sink_modifier.generation.generate` with
+  ``gen_length = steps = block_length = L``. Off by default (``False`` is returned) because it
+  costs ``L`` forward passes per request; the paper's scripts turn it off too.
+* ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of at most ``max_length``
+  tokens (prefix token first), each scored with the same ELBO; returns the sum per document.
+* ``generate_until``: :func:`sink_modifier.generation.generate` (low-confidence remasking),
+  cut at the first EOS and the first stop string. Works in a single process (the reference
+  crashed there).
+* ``accelerate launch --num_processes N``: lm-eval's evaluator shards the documents by
+  ``rank`` / ``world_size`` and gathers the results through :meth:`all_gather` /
+  :meth:`gather_object` (as for lm-eval's ``hf`` model); each rank holds its own copy of the
+  model on ``accelerator.device``.
+
+Logits alignment: ``logit_shift=0`` when ``logits[:, i]`` scores the token at ``i`` (LLaDA,
+the shipped tiny-dlm), ``1`` for Dream-style models where ``logits[:, i - 1]`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from sink_modifier.diffusion.mask_token import resolve_mask_token_id
+from sink_modifier.evaluation.inference import input_device
+from sink_modifier.evaluation.masks import stratified_counts, window_generator
+
+__all__ = ["DiffusionLM", "elbo_masks", "mc_loglikelihood", "request_key"]
+
+log = logging.getLogger(__name__)
+
+_ELBO_SALT = "lm_eval:elbo"
+_GENERATE_SALT = "lm_eval:generate"
+
+
+def request_key(*token_lists: list[int]) -> int:
+    """A 63-bit integer naming a request by its token ids (order-sensitive, lists kept apart)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for tokens in token_lists:
+        digest.update(len(tokens).to_bytes(4, "little"))
+        digest.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in tokens))
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def elbo_masks(
+    length: int, mc_num: int, seed: int, key: int, strata_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``mc_num`` masks over ``length`` continuation positions for one request.
+
+    Returns ``(masks, counts)``: ``BoolTensor[mc_num, length]`` with exactly ``counts[r]``
+    positions set in row ``r``, ``counts`` stratified in groups of ``strata_size`` draws (each
+    group with its own random offset, see :func:`sink_modifier.evaluation.masks.stratified_counts`).
+    Deterministic in ``(length, mc_num, seed, key, strata_size)``.
+    """
+    if length < 1:
+        raise ValueError(f"the continuation must have at least one token, got {length}")
+    if mc_num < 1:
+        raise ValueError(f"mc_num must be >= 1, got {mc_num}")
+    strata = mc_num if strata_size is None else int(strata_size)
+    if strata < 1 or mc_num % strata:
+        raise ValueError(f"mc_num ({mc_num}) must be a multiple of strata_size ({strata})")
+    generator = window_generator(seed, key, _ELBO_SALT)
+    counts = torch.cat([stratified_counts(length, strata, generator) for _ in range(mc_num // strata)])
+    masks = torch.zeros(mc_num, length, dtype=torch.bool)
+    for r in range(mc_num):
+        perm = torch.randperm(length, generator=generator)
+        masks[r, perm[: int(counts[r])]] = True
+    return masks, counts
+
+
+def _guided_logits(model, noisy: torch.Tensor, context_len: torch.Tensor, mask_token_id: int, cfg: float):
+    """Model logits (``[B, T, V]``) of ``noisy``, with classifier-free guidance when ``cfg > 0``.
+
+    ``context_len[b]`` is the number of leading context tokens of row ``b``; the unconditional
+    copy has them replaced by the mask token.
+    """
+    if cfg <= 0:
+        return model(input_ids=noisy).logits
+    positions = torch.arange(noisy.shape[1], device=noisy.device)
+    unconditional = noisy.masked_fill(positions[None, :] < context_len[:, None], mask_token_id)
+    both = model(input_ids=torch.cat([noisy, unconditional])).logits.float()
+    cond, uncond = both[: noisy.shape[0]], both[noisy.shape[0] :]
+    return uncond + (cfg + 1.0) * (cond - uncond)
+
+
+@torch.no_grad()
+def mc_loglikelihood(
+    model,
+    pairs: list[tuple[list[int], list[int]]],
+    *,
+    mask_token_id: int,
+    mc_num: int = 128,
+    batch_size: int = 32,
+    cfg: float = 0.0,
+    logit_shift: int = 0,
+    seed: int = 1234,
+    strata_size: int | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Monte-Carlo ELBO of each ``(context_ids, continuation_ids)`` pair (see the module docstring).
+
+    Rows of equal total length are batched together (``batch_size`` rows per forward, no
+    padding), so the result does not depend on ``batch_size`` or on the order of ``pairs``.
+    """
+    if logit_shift not in (0, 1):
+        raise ValueError(f"logit_shift must be 0 (LLaDA) or 1 (Dream), got {logit_shift}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = input_device(model)
+    row_loss = torch.zeros(len(pairs), mc_num, dtype=torch.float64)
+    weights = torch.zeros(len(pairs), mc_num, dtype=torch.float64)
+
+    def rows():
+        """(pair, draw, clean ids, mask, context length), by sequence length; masks made lazily."""
+        for j in sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1])):
+            context, continuation = pairs[j]
+            ctx_len, length = len(context), len(continuation)
+            if logit_shift and ctx_len == 0:
+                raise ValueError("logit_shift=1 needs at least one context token (the prefix token)")
+            if length == 0:  # nothing to score: log-likelihood 0
+                continue
+            seq = torch.tensor(list(context) + list(continuation), dtype=torch.long)
+            masks, counts = elbo_masks(length, mc_num, seed, request_key(context, continuation), strata_size)
+            weights[j] = length / counts.double()
+            full = torch.zeros(mc_num, ctx_len + length, dtype=torch.bool)
+            full[:, ctx_len:] = masks
+            for r in range(mc_num):
+                yield j, r, seq, full[r], ctx_len
+
+    def score(batch) -> None:
+        clean = torch.stack([row[2] for row in batch]).to(device)
+        mask = torch.stack([row[3] for row in batch]).to(device)
+        ctx = torch.tensor([row[4] for row in batch], device=device)
+        noisy = clean.masked_fill(mask, mask_token_id)
+        logits = _guided_logits(model, noisy, ctx, mask_token_id, cfg)
+        if logit_shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        selected = logits[mask].float()
+        ce = -torch.log_softmax(selected, dim=-1).gather(-1, clean[mask].unsqueeze(-1)).squeeze(-1)
+        sums = torch.zeros(len(batch), dtype=torch.float64)
+        sums.index_add_(0, mask.nonzero()[:, 0].cpu(), ce.double().cpu())
+        for b, (j, r, *_rest) in enumerate(batch):
+            row_loss[j, r] = sums[b]
+
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(pairs) * mc_num, desc="sink_dlm loglikelihood (rows)", disable=not progress)
+    try:
+        batch: list[tuple] = []
+        for row in rows():
+            if batch and (len(batch) == batch_size or row[2].numel() != batch[0][2].numel()):
+                score(batch)
+                bar.update(len(batch))
+                batch = []
+            batch.append(row)
+        if batch:
+            score(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return (-(row_loss * weights).mean(dim=1)).tolist()
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no", "none", ""):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return bool(value)
+
+
+def _optional_int(value) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return int(value)
+
+
+@register_model("sink_dlm", "sink-dlm")
+class DiffusionLM(TemplateLM):
+    """lm-eval model for masked diffusion LMs (LLaDA-style; Dream with ``logit_shift=1``).
+
+    Model args (``--model_args key=value,...``):
+        pretrained: model folder (``config.json``; compressed-tensors quantized checkpoints are
+            dequantized at load) or an already loaded model (then pass ``tokenizer``).
+        tokenizer: tokenizer folder or object (default: ``pretrained``).
+        mc_num: Monte-Carlo draws per ``loglikelihood`` request (default 128, as the reference).
+        batch_size: rows per forward pass (default 32; lm-eval's ``--batch_size`` sets it too).
+        strata_size: draws sharing one stratified offset; default ``mc_num`` (all);
+            ``strata_size=batch_size`` reproduces the reference exactly.
+        cfg: classifier-free guidance scale (0 = off).
+        family: model family (``llada``, ``dream``, ...; default detected from ``config.json``,
+            see :mod:`sink_modifier.families`).
+        mask_token_id: default the family's (tokenizer, else ``config.mask_token_id``).
+        logit_shift: 0 (LLaDA) or 1 (Dream); default the family's.
+        is_check_greedy: compute ``is_greedy`` by greedy unmasking (default False -> False).
+        gen_length, steps, block_length, remasking, temperature: for ``generate_until``.
+        max_length: longest sequence scored (default ``config.max_position_embeddings``).
+        add_bos_token: tokenize with special tokens (default False, as lm-eval's ``hf``).
+        dtype: ``auto`` | ``float32`` | ``bfloat16`` | ``float16``.
+        device: ``cuda`` / ``cpu`` / ...; falls back to CPU when CUDA is absent.
+        trust_remote_code, seed (masks and sampling; default 1234, the reference's seed).
+    """
+
+    backend = "causal"  # lm-eval's tokenisation: encode(context + continuation), split after context
+
+    def __init__(
+        self,
+        pretrained="",
+        tokenizer=None,
+        mc_num: int = 128,
+        batch_size: int | str = 32,
+        strata_size: int | None = None,
+        cfg: float = 0.0,
+        mask_token_id: int | None = None,
+        logit_shift: int | None = None,
+        family: str | None = None,
+        is_check_greedy: bool = False,
+        gen_length: int = 128,
+        steps: int = 128,
+        block_length: int = 32,
+        remasking: str = "low_confidence",
+        temperature: float = 0.0,
+        max_length: int | None = None,
+        add_bos_token: bool = False,
+        dtype: str = "auto",
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 1234,
+        max_batch_size: int | None = None,  # passed by lm-eval's CLI; unused
+        **unused,
+    ) -> None:
+        super().__init__()
+        if unused:
+            log.warning("sink_dlm ignores unknown model args %s", sorted(unused))
+        trust_remote_code = _as_bool(trust_remote_code)
+        self._setup_distributed(device)
+        self._model, self.tokenizer, self.family = self._load(
+            pretrained, tokenizer, dtype, trust_remote_code, None if family in (None, "", "None") else str(family)
+        )
+        if self.family is not None and not getattr(self.family, "diffusion", True):
+            raise ValueError(
+                f"{pretrained} is a {self.family.name} (autoregressive) model; sink_dlm scores masked "
+                "diffusion LMs; use lm-eval's --model hf for causal ones (or pass family=... if misdetected)"
+            )
+        if getattr(self.family, "uniform_noise", False):
+            log.warning("sink_dlm: family %s uses uniform noise; the masked-diffusion ELBO does not apply",
+                        self.family.name)
+        self._model.to(self._device).eval()
+
+        self.mc_num = int(mc_num)
+        if str(batch_size).startswith("auto"):
+            log.warning("sink_dlm has no automatic batch size; using 32 rows per forward")
+            batch_size = 32
+        self.batch_size_per_gpu = int(batch_size)
+        self.strata_size = _optional_int(strata_size)
+        elbo_masks(1, self.mc_num, 0, 0, self.strata_size)  # validates mc_num / strata_size
+        self.cfg = float(cfg)
+        logit_shift = _optional_int(logit_shift)
+        self.logit_shift = logit_shift if logit_shift is not None else int(getattr(self.family, "logit_shift", 0))
+        if self.logit_shift not in (0, 1):
+            raise ValueError(f"logit_shift must be 0 (LLaDA) or 1 (Dream), got {logit_shift}")
+        config = getattr(self._model, "config", None)
+        mask_token_id = _optional_int(mask_token_id)
+        if mask_token_id is None and self.family is not None:
+            mask_token_id = self.family.mask_token_id(self.tokenizer, config)
+        self.mask_token_id = (
+            mask_token_id if mask_token_id is not None else resolve_mask_token_id(self.tokenizer, config)
+        )
+        self.is_check_greedy = _as_bool(is_check_greedy)
+        self.gen_length, self.steps, self.block_length = int(gen_length), int(steps), int(block_length)
+        self.remasking = str(remasking)
+        self.temperature = float(temperature)
+        self.add_bos_token = _as_bool(add_bos_token)
+        self.seed = int(seed)
+        self._max_length = _optional_int(max_length) or getattr(config, "max_position_embeddings", None) or 2048
+        self._warned_truncation = False
+
+    # ------------------------------------------------------------------ setup
+    def _setup_distributed(self, device: str | None) -> None:
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+
+            # without cpu=True accelerate ignores a CPU-only torchrun / mpirun world (DistributedType.NO)
+            cpu = not torch.cuda.is_available() or (device is not None and str(device).startswith("cpu"))
+            self.accelerator = Accelerator(cpu=cpu)
+            if self.accelerator.num_processes <= 1:
+                raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process")
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            self._device = self.accelerator.device
+            return
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            log.warning("sink_dlm: device %s requested but CUDA is not available; using cpu", device)
+            device = "cpu"
+        self._device = torch.device(device)
+
+    @staticmethod
+    def _load(pretrained, tokenizer, dtype: str, trust_remote_code: bool, family: str | None):
+        """(model, tokenizer, family or None); a folder loads through :mod:`sink_modifier.families`
+        (family detected from ``config.json`` unless named; quantized checkpoints dequantized)."""
+        from sink_modifier.families import load_pretrained
+        from sink_modifier.loading import load_tokenizer
+
+        if isinstance(pretrained, torch.nn.Module):
+            if tokenizer is None:
+                raise ValueError("pass tokenizer=... together with an already loaded model")
+            model, chosen = pretrained, None
+        else:
+            if not pretrained:
+                raise ValueError("sink_dlm needs pretrained=<model folder>")
+            loaded = load_pretrained(pretrained, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
+            model, chosen = loaded.model, loaded.family
+            if tokenizer is None:
+                tokenizer = loaded.tokenizer
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+        return model, tokenizer, chosen
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def max_length(self) -> int:
+        return int(self._max_length)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def eot_token_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            eos = getattr(getattr(self._model, "config", None), "eos_token_id", None)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0]
+        return eos
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.eot_token_id
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "tokenizer")).replace("/", "__")
+
+    def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def get_model_info(self) -> dict:
+        return {
+            "sink_dlm": {
+                "mc_num": self.mc_num,
+                "strata_size": self.strata_size or self.mc_num,
+                "cfg": self.cfg,
+                "mask_token_id": self.mask_token_id,
+                "logit_shift": self.logit_shift,
+                "family": getattr(self.family, "name", None),
+                "seed": self.seed,
+                "max_length": self.max_length,
+            }
+        }
+
+    # ------------------------------------------------------------------ distributed primitives
+    def all_gather(self, tensor):
+        if self._world_size <= 1:
+            return tensor
+        return self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        if self._world_size <= 1:
+            return [obj]
+        result = [None] * self._world_size if self._rank == dst else None
+        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
+        return result
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ tokenisation
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        special = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        return self.tokenizer.encode(string, add_special_tokens=special)
+
+    def tok_decode(self, tokens) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        """Drop context tokens from the left (then continuation ones) to fit ``max_length``."""
+        room = self.max_length
+        if len(context) + len(continuation) <= room:
+            return context, continuation
+        if not self._warned_truncation:
+            log.warning("sink_dlm: truncating requests from the left to max_length=%d tokens", room)
+            self._warned_truncation = True
+        keep_ctx = max(room - len(continuation), self.logit_shift)
+        context = context[len(context) - keep_ctx :] if keep_ctx else []
+        return context, continuation[len(continuation) - (room - len(context)) :]
+
+    # ------------------------------------------------------------------ requests
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        pairs = [self._fit(list(ctx), list(cont)) for _, ctx, cont in requests]
+        values = mc_loglikelihood(
+            self._model,
+            pairs,
+            mask_token_id=self.mask_token_id,
+            mc_num=self.mc_num,
+            batch_size=self.batch_size,
+            cfg=self.cfg,
+            logit_shift=self.logit_shift,
+            seed=self.seed,
+            strata_size=self.strata_size,
+            progress=not disable_tqdm and self._rank == 0,
+        )
+        results = []
+        for (strings, _, _), (ctx, cont), value in zip(requests, pairs, values, strict=True):
+            greedy = self._greedy_matches(ctx, cont) if self.is_check_greedy else False
+            results.append((value, greedy))
+            if strings is not None:
+                self.cache_hook.add_partial("loglikelihood", strings, (value, greedy))
+        return results
+
+    def _greedy_matches(self, context: list[int], continuation: list[int]) -> bool:
+        """The reference's suffix_greedy_prediction: unmask one most-confident token per step."""
+        from sink_modifier.generation import generate
+
+        length = len(continuation)
+        if length == 0:
+            return True
+        prompt = torch.tensor([context], dtype=torch.long, device=self._device)
+        out = generate(
+            self._model,
+            prompt,
+            mask_token_id=self.mask_token_id,
+            gen_length=length,
+            steps=length,
+            block_length=length,
+            cfg_scale=self.cfg,
+            logit_shift=self.logit_shift,
+        )
+        return out[0, len(context) :].tolist() == list(continuation)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owners = [], []
+        for index, (string,) in enumerate(req.args for req in requests):
+            for context, continuation in map(
+                lm_utils.make_disjoint_window,
+                lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length - 1,  # a DLM window holds context AND all targets
+                    context_len=1,
+                ),
+            ):
+                windows.append((None, context, continuation))
+                owners.append(index)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for owner, (value, _) in zip(owners, scores, strict=True):
+            totals[owner] += value
+        for req, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from sink_modifier.generation import generate
+
+        eos_text = self.tok_decode([self.eot_token_id]) if self.eot_token_id is not None else None
+        prompt_room = self.max_length - self.gen_length
+        if prompt_room < 1:
+            raise ValueError(
+                f"gen_length ({self.gen_length}) leaves no room for a prompt in max_length {self.max_length}"
+            )
+        jobs = []
+        for index, (context, gen_kwargs) in enumerate(req.args for req in requests):
+            gen_kwargs = dict(gen_kwargs or {})
+            until = gen_kwargs.pop("until", None) or []
+            if isinstance(until, str):
+                until = [until]
+            # the model arg decides unless the task asks for sampling (do_sample: true)
+            temperature = self.temperature
+            if _as_bool(gen_kwargs.get("do_sample", False)):
+                temperature = float(gen_kwargs.get("temperature", self.temperature or 1.0))
+            ids = self.tok_encode(context)[-prompt_room:]
+            if self.logit_shift and not ids:
+                ids = [self.prefix_token_id]
+            jobs.append((index, ids, list(until), temperature))
+        outputs: list[str | None] = [None] * len(requests)
+        groups: dict[tuple[int, float], list] = defaultdict(list)
+        for job in jobs:
+            groups[(len(job[1]), job[3])].append(job)
+        size = self.batch_size
+        batches = [rows[i : i + size] for _, rows in sorted(groups.items()) for i in range(0, len(rows), size)]
+        for batch in tqdm(batches, desc="sink_dlm generate_until", disable=disable_tqdm or self._rank != 0):
+            prompt = torch.tensor([job[1] for job in batch], dtype=torch.long, device=self._device)
+            generator = window_generator(self.seed, request_key(*[job[1] for job in batch]), _GENERATE_SALT)
+            sequences = generate(
+                self._model,
+                prompt,
+                mask_token_id=self.mask_token_id,
+                gen_length=self.gen_length,
+                steps=self.steps,
+                block_length=self.block_length,
+                temperature=batch[0][3],
+                cfg_scale=self.cfg,
+                remasking=self.remasking,
+                logit_shift=self.logit_shift,
+                eos_token_id=self.eot_token_id,
+                generator=generator,
+            )
+            for (index, ids, until, _), row in zip(batch, sequences.tolist(), strict=True):
+                text = self._cut(row[len(ids) :], until, eos_text)
+                outputs[index] = text
+                self.cache_hook.add_partial("generate_until", requests[index].args, text)
+        return outputs  # type: ignore[return-value]
+
+    def _cut(self, tokens: list[int], until: list[str], eos_text: str | None) -> str:
+        """Decode up to the first EOS token, then cut at the first occurrence of any stop string."""
+        if self.eot_token_id is not None and self.eot_token_id in tokens:
+            tokens = tokens[: tokens.index(self.eot_token_id)]
+        text = self.tok_decode(tokens)
+        for stop in until + ([eos_text] if eos_text else []):
+            if stop:
+                text = text.split(stop)[0]
+        return text
