@@ -15,6 +15,17 @@ Two ways to get ``s``:
   noised copy with the dense model, and applies the timestep-averaged mask
   ``1 − mean_t s_t`` to the clean row's activations. (The paper's mismatch, noisy-sequence
   masks on clean-sequence activations, is kept on purpose so the two can be compared.)
+
+Data-parallel (``torchrun``, see :mod:`sink_modifier.modifiers.data_parallel`): each rank
+accumulates Hessians over its share of the rows; before pruning, each module's Hessian is
+reduced (float64 ``Σ n_r H_r`` and ``Σ n_r``) to one rank, chosen by greedy bin packing on
+Hessian size as llm-compressor's distributed GPTQ does; that rank runs the OBS solve and
+broadcasts the pruned weight. Splitting the solves rather than repeating them on every rank
+divides their cost (``O(d_in³)`` per module) by the number of ranks, frees the Hessians on the
+other ranks early, and leaves every rank with bit-identical weights by construction. Sink
+masks stay per row on the rank that holds the row. The result equals one process's up to
+float32 rounding of the Hessians (a few flipped near-tied weights); ``hessian_dtype:
+float64`` removes that difference (see the parameter).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import hashlib
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from compressed_tensors.utils import align_module_device, get_execution_device, update_offload_parameter
 from loguru import logger
 from pydantic import Field, PrivateAttr, field_validator
@@ -35,6 +47,13 @@ from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import (
 )
 
 from sink_modifier.diffusion import LLADA_TIMESTEPS, noise_tokens, row_generator
+from sink_modifier.modifiers.data_parallel import (
+    broadcast_weight,
+    check_same_modules,
+    is_data_parallel,
+    reduce_hessian_to,
+    write_weight,
+)
 from sink_modifier.modifiers.sink_base import SinkAwareSparsityBase
 from sink_modifier.modifiers.weighted_inputs import weighted_rows
 from sink_modifier.sinks import soft_sink_mask
@@ -63,6 +82,14 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     :param block_size: columns pruned per OBS block (as llm-compressor's SparseGPT).
     :param dampening_frac: ``H += dampening_frac * mean(diag H) * I`` before inversion.
     :param offload_hessians: keep Hessians on the CPU between batches (less memory, slower).
+    :param hessian_dtype: ``float32`` (default): llm-compressor's running-mean Hessian, bit-for-bit
+        upstream's. ``float64``: exact-product sums ``Σ 2 Xᵀ diag(w²) X`` in float64, divided
+        by the row count and rounded to float32 only before the solve (twice the Hessian
+        memory). Its point is data-parallel reproducibility: the ranks' sums add up to the
+        single-process sum up to float64 rounding, so the float32 Hessian, and hence the
+        pruned weights, are those of one process except in a ~1e-9 chance per entry, whereas
+        float32 running means differ by a few ulps, which SparseGPT's solver turns into flips
+        of near-tied weights that the sequential pipeline then propagates.
     :param sink_mask_mode: ``per_row`` or ``reference`` (see the module docstring).
     :param reference_timesteps: timesteps of the internal noising in ``reference`` mode.
     :param reference_eps: ``eps`` of the masking probability ``(1 − eps) t + eps``.
@@ -72,6 +99,7 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     block_size: int = 128
     dampening_frac: float | None = 0.01
     offload_hessians: bool = False
+    hessian_dtype: Literal["float32", "float64"] = "float32"
     sink_mask_mode: Literal["per_row", "reference"] = "per_row"
     reference_timesteps: list[float] = Field(default_factory=lambda: list(LLADA_TIMESTEPS))
     reference_eps: float = 1e-3
@@ -99,13 +127,19 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
         inputs, weights = self.weights_for(module, args[0].detach())
         if module not in self._num_samples:
             self._hessians[module] = make_empty_hessian(module, device=get_execution_device(module))
+            if self.hessian_dtype == "float64":
+                self._hessians[module] = self._hessians[module].to(torch.float64)
             self._num_samples[module] = 0
         hessian = self._hessians[module]
         if self.offload_hessians:
             hessian = hessian.to(get_execution_device(module))
-        hessian, self._num_samples[module] = accumulate_hessian(
-            weighted_rows(inputs, weights), module, hessian, self._num_samples[module]
-        )
+        x = weighted_rows(inputs, weights)
+        if self.hessian_dtype == "float64":  # a plain sum: exact products, float64 additions
+            flat = x.reshape(-1, x.shape[-1]).to(device=hessian.device, dtype=torch.float64)
+            hessian += 2.0 * (flat.T @ flat)
+            self._num_samples[module] += x.shape[0]
+        else:
+            hessian, self._num_samples[module] = accumulate_hessian(x, module, hessian, self._num_samples[module])
         self._hessians[module] = hessian.cpu() if self.offload_hessians else hessian
 
     def batch_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -143,28 +177,66 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
 
     # -- pruning -----------------------------------------------------------------------
     def compress_modules(self):
+        if is_data_parallel():
+            self._compress_data_parallel()
+            return
         for module in list(self._num_samples):
-            sparsity = self._module_sparsities[module] or 0.0
             num_samples = self._num_samples.pop(module)
-            with torch.no_grad(), align_module_device(module):
-                self._hessians[module] = self._hessians[module].to(module.weight.device)
-                loss, pruned = sparsify_weight(
-                    module=module,
-                    hessians_dict=self._hessians,  # sparsify_weight pops the module's entry
-                    sparsity=sparsity,
-                    prune_n=self._prune_n,
-                    prune_m=self._prune_m,
-                    block_size=self.block_size,
-                    dampening_frac=self.dampening_frac,
-                    preserve_sparsity_mask=False,
-                )
+            if self.hessian_dtype == "float64":
+                self._hessians[module] = (self._hessians[module] / num_samples).to(torch.float32)
+            loss, pruned = self._sparsify(module)
             update_offload_parameter(module, "weight", pruned)
-            name = self._record_sparsity(module, pruned)
-            logger.info(
-                f"Sink-aware SparseGPT: pruned {name} to {self._achieved_sparsity[name]:.2%} "
-                f"({num_samples} samples, loss {loss:.4g}, sink_weighting={self.sink_weighting}, "
-                f"mode={self.sink_mask_mode})"
+            self._log_pruned(module, pruned, num_samples, loss)
+
+    def _sparsify(self, module: torch.nn.Module) -> tuple[float, torch.Tensor]:
+        sparsity = self._module_sparsities[module] or 0.0
+        with torch.no_grad(), align_module_device(module):
+            self._hessians[module] = self._hessians[module].to(module.weight.device)
+            return sparsify_weight(
+                module=module,
+                hessians_dict=self._hessians,  # sparsify_weight pops the module's entry
+                sparsity=sparsity,
+                prune_n=self._prune_n,
+                prune_m=self._prune_m,
+                block_size=self.block_size,
+                dampening_frac=self.dampening_frac,
+                preserve_sparsity_mask=False,
             )
+
+    def _compress_data_parallel(self):
+        """Reduce each Hessian to its owner rank, prune there, broadcast the weights (as upstream GPTQ)."""
+        from compressed_tensors.distributed import greedy_bin_packing
+
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        modules = sorted(self._num_samples, key=lambda m: self._module_names[m])
+        check_same_modules([self._module_names[m] for m in modules], "SinkAwareSparseGPTModifier")
+        _, _, owner = greedy_bin_packing(
+            list(modules), world_size, item_weight_fn=lambda m: self._hessians[m].shape[0]
+        )
+        totals = {}
+        for module in modules:
+            hessian = self._hessians.pop(module)
+            reduced, totals[module] = reduce_hessian_to(
+                hessian, self._num_samples.pop(module), owner[module], is_sum=self.hessian_dtype == "float64"
+            )
+            del hessian
+            if reduced is not None:
+                self._hessians[module] = reduced.cpu() if self.offload_hessians else reduced
+        results = {module: self._sparsify(module) for module in modules if owner[module] == rank}
+        for module in modules:
+            loss, pruned = results.pop(module, (None, None))
+            received = broadcast_weight(pruned, module.weight, src=owner[module])
+            write_weight(module, received, writer=owner[module])
+            self._log_pruned(module, received, totals[module], loss)
+
+    def _log_pruned(self, module: torch.nn.Module, pruned: torch.Tensor, num_samples: int, loss) -> None:
+        name = self._record_sparsity(module, pruned)
+        loss_text = f"loss {loss:.4g}" if loss is not None else "pruned on another rank"
+        logger.info(
+            f"Sink-aware SparseGPT: pruned {name} to {self._achieved_sparsity[name]:.2%} "
+            f"({num_samples} samples, {loss_text}, sink_weighting={self.sink_weighting}, "
+            f"mode={self.sink_mask_mode})"
+        )
 
     def on_finalize(self, state: State, **kwargs) -> bool:
         self._finalize_checks(state, self._num_samples)

@@ -14,11 +14,19 @@ from pydantic import PrivateAttr
 
 from llmcompressor.core import State
 
+from sink_modifier.modifiers.data_parallel import (
+    check_same_modules,
+    gather_contributions,
+    is_data_parallel,
+    write_weight,
+)
 from sink_modifier.modifiers.sink_base import SinkAwareSparsityBase
 from sink_modifier.modifiers.wanda_scoring import (
     Statistic,
     accumulate_statistic,
+    batch_contribution,
     column_scale,
+    fold_contribution,
     prune_mask,
 )
 
@@ -47,21 +55,52 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
 
     :param statistic: ``rms`` (llm-compressor's Wanda statistic on weighted inputs) or
         ``sum_of_norms`` (the paper code's sum of per-sample L2 norms).
+
+    Under ``torchrun`` (an initialised process group with several ranks) each rank keeps its
+    batches' column contributions; before pruning a module they are all-gathered and folded
+    in rank order on every rank, so with contiguous shares
+    (:func:`sink_modifier.diffusion.sharding.shard_calibration`) the statistic is
+    bit-identical to one process calibrating on all rows, and every rank computes the same
+    masks. Sink masks are per row and computed on the rank that holds the row: nothing to
+    combine. See :mod:`sink_modifier.modifiers.data_parallel`.
     """
 
     statistic: Statistic = "rms"
 
     _stats: dict[torch.nn.Module, torch.Tensor] = PrivateAttr(default_factory=dict)
     _num_samples: dict[torch.nn.Module, int] = PrivateAttr(default_factory=dict)
+    # data-parallel only: this rank's per-batch contributions and row counts, in batch order
+    _contributions: dict[torch.nn.Module, list[tuple[torch.Tensor, int]]] = PrivateAttr(default_factory=dict)
 
     def calibrate_module(self, module: torch.nn.Module, args, _output):
         inputs, weights = self.weights_for(module, args[0].detach())
+        if is_data_parallel():
+            contribution, added = batch_contribution(self.statistic, inputs, weights)
+            self._contributions.setdefault(module, []).append((contribution, added))
+            self._num_samples[module] = self._num_samples.get(module, 0) + added
+            return
         self._stats[module], self._num_samples[module] = accumulate_statistic(
             self.statistic, self._stats.get(module), self._num_samples.get(module, 0), inputs, weights
         )
 
+    def _combine_ranks(self) -> list[torch.nn.Module]:
+        """Fold every rank's contributions, in rank order, into ``_stats`` (identical on all ranks)."""
+        modules = sorted(self._num_samples, key=lambda m: self._module_names[m])
+        check_same_modules([self._module_names[m] for m in modules], "SinkAwareWandaPruningModifier")
+        for module in modules:
+            local = self._contributions.pop(module)
+            rows, counts = gather_contributions(
+                torch.stack([c for c, _ in local]), torch.tensor([n for _, n in local])
+            )
+            state, total = None, 0
+            for contribution, added in zip(rows, counts.tolist()):
+                state, total = fold_contribution(self.statistic, state, total, contribution, added)
+            self._stats[module], self._num_samples[module] = state, total
+        return modules
+
     def compress_modules(self):
-        for module in list(self._num_samples):
+        modules = self._combine_ranks() if is_data_parallel() else list(self._num_samples)
+        for module in modules:
             scale = column_scale(self.statistic, self._stats.pop(module))
             num_samples = self._num_samples.pop(module)
             with torch.no_grad(), align_module_device(module):
@@ -69,7 +108,10 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
                 sparsity = self._module_sparsities[module] or 0.0
                 mask = prune_mask(weight, scale, sparsity, self._prune_n, self._prune_m)
                 pruned = weight.masked_fill(mask.to(weight.device), 0)
-            update_offload_parameter(module, "weight", pruned)
+            if is_data_parallel():  # every rank computed the same mask; one writes a shared copy
+                write_weight(module, pruned, writer=0)
+            else:
+                update_offload_parameter(module, "weight", pruned)
             name = self._record_sparsity(module, pruned)
             logger.info(
                 f"Sink-aware Wanda: pruned {name} to {self._achieved_sparsity[name]:.2%} "
@@ -79,4 +121,5 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     def on_finalize(self, state: State, **kwargs) -> bool:
         self._finalize_checks(state, self._num_samples)
         self._stats = dict()
+        self._contributions = dict()
         return True

@@ -26,12 +26,52 @@ __all__ = [
     "STATISTICS",
     "Statistic",
     "accumulate_statistic",
+    "batch_contribution",
     "column_scale",
+    "fold_contribution",
     "prune_mask",
 ]
 
 Statistic = Literal["rms", "sum_of_norms"]
 STATISTICS: tuple[str, ...] = ("rms", "sum_of_norms")
+
+
+def batch_contribution(
+    statistic: Statistic,
+    inputs: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """One batch's column contribution ``[d_in]`` and row count.
+
+    ``rms``: ``Σ_tokens (w x)²``; ``sum_of_norms``: ``Σ_rows ||w ⊙ X_row[:, c]||₂``.
+    """
+    x = weighted_rows(inputs, token_weights)
+    if statistic == "rms":
+        return x.pow(2).sum(dim=(0, 1)), x.shape[0]
+    if statistic == "sum_of_norms":
+        return x.pow(2).sum(dim=1).sqrt().sum(dim=0), x.shape[0]
+    raise ValueError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
+
+
+def fold_contribution(
+    statistic: Statistic,
+    state: torch.Tensor | None,
+    num_samples: int,
+    contribution: torch.Tensor,
+    added: int,
+) -> tuple[torch.Tensor, int]:
+    """Fold one batch's :func:`batch_contribution` into the running statistic (``state=None`` starts one)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
+    if state is None:
+        state = torch.zeros(contribution.shape[-1], dtype=SCORING_DTYPE, device=contribution.device)
+    if statistic == "rms":
+        # Same running mean as llm-compressor's accumulate_row_scalars.
+        state = state * (num_samples / (num_samples + added))
+        state = state + contribution / (num_samples + added)
+    else:
+        state = state + contribution
+    return state, num_samples + added
 
 
 def accumulate_statistic(
@@ -44,20 +84,11 @@ def accumulate_statistic(
     """Fold one batch of layer inputs into the running column statistic.
 
     Returns the new ``(state [d_in], num_samples)``; ``state=None`` starts a new one.
+    Folding the batches' :func:`batch_contribution` in the same order gives the same bits
+    (how data-parallel ranks combine their shares).
     """
-    x = weighted_rows(inputs, token_weights)
-    added = x.shape[0]
-    if state is None:
-        state = torch.zeros(x.shape[-1], dtype=SCORING_DTYPE, device=x.device)
-    if statistic == "rms":
-        # Same running mean as llm-compressor's accumulate_row_scalars.
-        state = state * (num_samples / (num_samples + added))
-        state = state + x.pow(2).sum(dim=(0, 1)) / (num_samples + added)
-    elif statistic == "sum_of_norms":
-        state = state + x.pow(2).sum(dim=1).sqrt().sum(dim=0)
-    else:
-        raise ValueError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
-    return state, num_samples + added
+    contribution, added = batch_contribution(statistic, inputs, token_weights)
+    return fold_contribution(statistic, state, num_samples, contribution, added)
 
 
 def column_scale(statistic: Statistic, state: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,120 @@
+"""Split a calibration set across ``torch.distributed`` ranks, whole windows at a time.
+
+Under ``torchrun`` every rank builds the same :class:`DiffusionCalibrationSet` (same
+data, seed, timesteps) and calibrates on its own share::
+
+    cal = build_diffusion_calibration(...)            # identical on every rank
+    shard = shard_calibration(cal)                   # this rank's windows
+    oneshot(model=..., dataset=shard.dataloader(batch_size=len(cal.timesteps)), recipe=...)
+
+The sink-aware modifiers then combine the ranks' statistics before pruning
+(:mod:`sink_modifier.modifiers.data_parallel`), so the masks are those of one process
+calibrating on all rows.
+
+Shares follow llm-compressor's own split of a dataset across ranks
+(``llmcompressor.datasets.utils._get_partition_start_end``: rank ``r`` of ``W`` takes
+``[floor(N r / W), floor(N (r+1) / W))``), but counted in *windows*, not rows: rows are
+sample-major (window ``s`` at every timestep, then window ``s + 1``), so a share is a
+contiguous block of rows holding every timestep of its windows. A batch of
+``len(timesteps)`` rows is therefore still one window's noised copies, as
+``sink_policy: unstable | stable`` requires, and concatenating the shares in rank order
+gives back the full set in its original order. Like llm-compressor (which compares a
+hash of each rank's dataset before splitting), :func:`shard_calibration` checks that all
+ranks hold the same set and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.distributed as dist
+
+from .calibration import DiffusionCalibrationSet
+
+__all__ = ["calibration_fingerprint", "shard_bounds", "shard_calibration"]
+
+
+def shard_bounds(num_windows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Window range ``[start, end)`` of ``rank`` among ``world_size`` (llm-compressor's split)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if num_windows < world_size:
+        raise ValueError(
+            f"{num_windows} calibration windows cannot be shared by {world_size} ranks: every rank "
+            "needs at least one window; use more samples or fewer processes"
+        )
+    start = math.floor(num_windows * rank / world_size)
+    end = math.floor(num_windows * (rank + 1) / world_size)
+    return start, end
+
+
+def calibration_fingerprint(cal: DiffusionCalibrationSet) -> int:
+    """A 63-bit digest of the rows, timesteps and seed (equal sets give equal fingerprints)."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(cal.input_ids.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    digest.update(cal.attention_mask.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    digest.update(repr((cal.timesteps, cal.seed, cal.eps, cal.mask_token_id)).encode())
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def shard_calibration(
+    cal: DiffusionCalibrationSet,
+    rank: int | None = None,
+    world_size: int | None = None,
+    *,
+    check_identical: bool = True,
+) -> DiffusionCalibrationSet:
+    """This rank's windows of ``cal`` (every timestep of each), as a new calibration set.
+
+    ``rank``/``world_size`` default to the initialised process group; without one (or
+    with ``world_size == 1``) ``cal`` is returned unchanged. ``sample_index`` keeps the
+    global window numbers. With a process group and ``check_identical``, the ranks'
+    fingerprints are compared first (a collective: call it on every rank), and a rank
+    whose set differs is an error naming the ranks, as the shares would then not add up
+    to one calibration set.
+    """
+    initialised = dist.is_available() and dist.is_initialized()
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = dist.get_world_size() if initialised else 1
+    k = len(cal.timesteps)
+    if len(cal) != cal.num_samples * k:
+        raise ValueError(
+            f"calibration set has {len(cal)} rows but {cal.num_samples} windows x {k} timesteps; "
+            "it must be sample-major with every timestep of every window"
+        )
+    if initialised and check_identical and dist.get_world_size() > 1:
+        _check_same_everywhere(calibration_fingerprint(cal))
+    if world_size == 1:
+        return cal
+    start, end = shard_bounds(cal.num_samples, rank, world_size)
+    rows = slice(start * k, end * k)
+    return DiffusionCalibrationSet(
+        input_ids=cal.input_ids[rows].clone(),
+        attention_mask=cal.attention_mask[rows].clone(),
+        sample_index=cal.sample_index[rows].clone(),
+        timestep=cal.timestep[rows].clone(),
+        clean_ids=cal.clean_ids[start:end].clone(),
+        timesteps=cal.timesteps,
+        mask_token_id=cal.mask_token_id,
+        seed=cal.seed,
+        eps=cal.eps,
+    )
+
+
+def _check_same_everywhere(fingerprint: int) -> None:
+    from sink_modifier.modifiers.data_parallel import all_gather_int64
+
+    everyone = all_gather_int64(fingerprint)
+    if len(set(everyone)) > 1:
+        groups: dict[int, list[int]] = {}
+        for r, value in enumerate(everyone):
+            groups.setdefault(value, []).append(r)
+        raise ValueError(
+            "ranks built different calibration sets (fingerprints by rank: "
+            f"{', '.join(f'ranks {g}' for g in groups.values())}); build it with the same data, "
+            "seed, num_samples, seq_len and timesteps on every rank before sharding"
+        )
