@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from sink_modifier.diffusion import LLADA_TIMESTEPS, build_diffusion_calibration, max_sequence_length
+from sink_modifier.diffusion import LLADA_TIMESTEPS, max_sequence_length
 from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
 from sink_modifier.families import ModelFamily, load_pretrained
 from sink_modifier.loading import load_checkpoint
@@ -117,18 +117,13 @@ def prune_checkpoint(
     diffusion = chosen.diffusion
     timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if diffusion else (0.0,))
     seq_len = seq_len or max_sequence_length(model.config) or 2048
-    calibration = build_diffusion_calibration(
-        data,
-        tokenizer,
-        seq_len=seq_len,
-        num_samples=num_samples,
-        timesteps=timesteps,
-        seed=seed,
-        mask_token_id=loaded.mask_token_id if diffusion else None,
-        config=model.config,
-        max_chars=max_chars,
-        maskable=lambda clean: chosen.maskable(clean, tokenizer, model.config),
+    calibration = chosen.build_calibration(
+        data, tokenizer, model.config, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps,
+        seed=seed, max_chars=max_chars,
     )
+    if chosen.pipeline is not None and pipeline != chosen.pipeline:
+        logger.info(f"{chosen.name} models calibrate with the {chosen.pipeline!r} pipeline (asked: {pipeline!r})")
+        pipeline = chosen.pipeline
     modifiers = _recipe_modifiers(recipe_path)
     ignored = _add_family_ignores(modifiers, chosen, model)
     if batch_size is None:
@@ -148,6 +143,7 @@ def prune_checkpoint(
         trust_remote_code_model=trust_remote_code,
         **({"sequential_targets": chosen.sequential_targets(model)} if chosen.sequential_targets(model) else {}),
     )
+    chosen.after_oneshot(model)
     seconds = time.perf_counter() - start
 
     metadata = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from sink_modifier.prune import prune_checkpoint
 from sink_modifier.evaluation.checkpoint import evaluate_checkpoint
 from tests.conftest import REPO, VOCAB, _save, tiny_llama_config
 from tests.family_models.build import build_dream_checkpoint, build_llada_checkpoint
+from tests.family_models.diffusion_gemma import build_diffusion_gemma_checkpoint
 
 RECIPES = {
     "wanda": REPO / "recipes" / "sink_wanda_50.yaml",
@@ -53,6 +55,7 @@ BUILDERS = {
     "bidirectional": (_bidirectional_llama, False),
     "causal-llama": (_causal_llama, False),
     "causal-qwen2": (_causal_qwen2, False),
+    "diffusion_gemma": (build_diffusion_gemma_checkpoint, False),
 }
 EXPECTED_FAMILY = {"causal-llama": "causal", "causal-qwen2": "causal"}
 
@@ -68,6 +71,24 @@ def _digest(folder: Path) -> str:
         if path.is_file():
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
+
+
+def _pruned_by_rule(model: torch.nn.Module, family) -> list[str]:
+    """The Linears a ``targets: [Linear]`` recipe prunes under the family's ``pruning_ignore``."""
+    patterns = [re.compile(p[3:]) for p in family.pruning_ignore(model) if p.startswith("re:")]
+    return [
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(p.match(name) or p.match(name + ".") for p in patterns)
+    ]
+
+
+def _fused_expert_zeros_over_half(model: torch.nn.Module) -> dict[str, list[int]]:
+    """Per fused 3-D expert parameter: zeros beyond half, per expert matrix (gate_up = two matrices)."""
+    return {
+        name: [int((w == 0).sum()) - w.numel() // 2 for w in param]
+        for name, param in model.named_parameters(remove_duplicate=False)
+        if param.dim() == 3 and name.endswith(("gate_up_proj", "down_proj"))
+    }
 
 
 def _linear_zero_fractions(model: torch.nn.Module, ignore: tuple[str, ...]) -> dict[str, float]:
@@ -109,8 +130,16 @@ def test_recipe_prunes_every_family_exactly_and_reloads(family_dirs, text_file, 
     assert loaded.family.name == family.name
     head = loaded.model.get_output_embeddings()
     modules = dict(loaded.model.named_modules())
-    fractions = {n: z for n, z in _linear_zero_fractions(loaded.model, ()).items() if modules[n] is not head}
-    assert len(fractions) == 14  # 2 layers x (q, k, v, o, gate/ff, up, down)
+    pruned = _pruned_by_rule(loaded.model, family)
+    fractions = {n: z for n, z in _linear_zero_fractions(loaded.model, ()).items() if n in pruned}
+    # 2 layers x (q, k, v, o, gate/ff, up, down); DiffusionGemma: the decoder's, and its layer 1
+    # (full attention) has no v_proj; the shared encoder copies, vision tower, routers and
+    # self-conditioning are left dense by the family's rules
+    assert len(fractions) == (13 if name == "diffusion_gemma" else 14), sorted(fractions)
+    dense = {n: m for n, m in modules.items() if isinstance(m, torch.nn.Linear) and n not in pruned and m is not head}
+    for n, m in dense.items():
+        shared = any(m.weight is modules[p].weight for p in pruned)
+        assert shared or not bool((m.weight == 0).any()), n  # ignored and not tied to a pruned one: dense
     if method == "wanda":
         assert all(z == 0.5 for z in fractions.values()), fractions  # exact per row
     else:
@@ -118,8 +147,24 @@ def test_recipe_prunes_every_family_exactly_and_reloads(family_dirs, text_file, 
         # takes the threshold weight itself too: exactly one weight over 50% per block.
         over = {n: round((z - 0.5) * modules[n].weight.numel()) for n, z in fractions.items()}
         assert set(over.values()) == {1}, over
+    experts = _fused_expert_zeros_over_half(loaded.model)
+    if name == "diffusion_gemma":
+        # 2 stacks (encoder re-tied to decoder) x 2 layers x (gate_up, down); per expert matrix
+        # Wanda prunes exactly half of every row, SparseGPT one weight more (gate_up holds two)
+        assert len(experts) == 8
+        for n, over in experts.items():
+            assert over == [0 if method == "wanda" else (2 if n.endswith("gate_up_proj") else 1)] * 4, (n, over)
+            if method == "wanda":
+                w = loaded.model.get_parameter(n)
+                assert bool(((w == 0).sum(-1) == w.shape[-1] // 2).all()), n
+        enc, dec = loaded.model.model.encoder.language_model.layers[0], loaded.model.model.decoder.layers[0]
+        assert torch.equal(enc.experts.down_proj, dec.experts.down_proj)  # the encoder runs the pruned experts
+    else:
+        assert not experts
     assert float((head.weight == 0).float().mean()) < 0.5  # the output head stays dense
-    assert meta["sparsity"]["num_layers"] == 14
+    assert set(fractions) <= set(meta["sparsity"]["per_layer"])
+    if name != "diffusion_gemma":
+        assert meta["sparsity"]["num_layers"] == 14
 
     # The pruned model still runs: same logits as the in-memory model after oneshot.
     ids = torch.randint(4, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))

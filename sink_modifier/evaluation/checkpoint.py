@@ -53,11 +53,13 @@ def evaluate_checkpoint(
         logit_shift=chosen.logit_shift if diffusion else 0,
         maskable=chosen.scorable(windows, tokenizer, model.config) if diffusion else None,
         logits_fn=(lambda ids: chosen.logits(model, ids)) if diffusion else None,
+        corrupt=chosen.evaluation_corruption(tokenizer, model.config, seed) if diffusion else None,
     )
     return {
         "model": str(model_path),
         "data": str(data),
         "family": chosen.name,
         "kind": "diffusion" if diffusion else "causal",
+        "objective": chosen.objective,
         **result,
     }

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from .inference import eval_mode, input_device
 
+from .corruption import MaskTokenCorruption
 from .masks import fixed_ratio_masks, nelbo_masks
 
 __all__ = ["NelboResult", "masked_cross_entropy", "nelbo"]
@@ -102,6 +103,16 @@ def _check_windows(windows: torch.Tensor) -> None:
 
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+Corruption = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], torch.Tensor]
+
+
+def _corruption(mask_token_id: int | None, corrupt: Corruption | None) -> Corruption:
+    """``corrupt`` (e.g. :class:`.corruption.UniformCorruption`), or the mask token by default."""
+    if corrupt is not None:
+        return corrupt
+    if mask_token_id is None:
+        raise ValueError("pass mask_token_id (masked diffusion) or corrupt (e.g. UniformCorruption)")
+    return MaskTokenCorruption(int(mask_token_id))
 
 
 def _aligned_logits(
@@ -151,7 +162,7 @@ def _masked_ce(
 def masked_cross_entropy(
     model: nn.Module,
     windows: torch.Tensor,
-    mask_token_id: int,
+    mask_token_id: int | None,
     ratio: float,
     *,
     seed: int = 0,
@@ -160,12 +171,14 @@ def masked_cross_entropy(
     maskable: torch.Tensor | None = None,
     progress: bool = False,
     logits_fn: LogitsFn | None = None,
+    corrupt: Corruption | None = None,
 ) -> dict:
     """Mean CE (nats) and argmax accuracy on masked tokens at a fixed mask ratio.
 
     Each window gets exactly ``max(1, round(ratio * L))`` masked positions from
     :func:`.masks.fixed_ratio_masks` (same seed -> same masks for every model). CE is pooled over
-    all masked tokens of all windows.
+    all masked tokens of all windows. ``corrupt`` replaces what hidden positions hold (default:
+    ``mask_token_id``; :class:`.corruption.UniformCorruption` for uniform-noise models).
 
     Returns:
         ``{"ce": float, "accuracy": float, "n_masked": int, "ratio": float}``.
@@ -176,6 +189,7 @@ def masked_cross_entropy(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_windows, seq_len = windows.shape
     masks = fixed_ratio_masks(num_windows, seq_len, ratio, seed, maskable=maskable)
+    corrupt = _corruption(mask_token_id, corrupt)
     device = input_device(model)
     ce_sum, n_correct, n_masked = 0.0, 0, 0
     starts = range(0, num_windows, batch_size)
@@ -183,7 +197,8 @@ def masked_cross_entropy(
         for start in tqdm(starts, desc=f"masked CE @{ratio}", disable=not progress):
             clean = windows[start : start + batch_size].to(device=device, dtype=torch.long)
             mask = masks[start : start + batch_size].to(device)
-            noisy = clean.masked_fill(mask, mask_token_id)
+            rows = torch.arange(start, start + clean.shape[0])
+            noisy = corrupt(clean, mask, rows, f"fixed_ratio:{float(ratio).hex()}")
             logits = _aligned_logits(model, noisy, logit_shift, logits_fn)
             ce, correct = _masked_ce(logits, clean, mask)
             ce_sum += ce.double().sum().item()
@@ -200,7 +215,7 @@ def masked_cross_entropy(
 def nelbo(
     model: nn.Module,
     windows: torch.Tensor,
-    mask_token_id: int,
+    mask_token_id: int | None,
     *,
     mc_samples: int = 8,
     seed: int = 0,
@@ -209,6 +224,7 @@ def nelbo(
     maskable: torch.Tensor | None = None,
     progress: bool = False,
     logits_fn: LogitsFn | None = None,
+    corrupt: Corruption | None = None,
 ) -> NelboResult:
     """LLaDA Monte-Carlo NELBO in nats per token (see the module docstring for the estimator).
 
@@ -216,6 +232,9 @@ def nelbo(
     ``maskable``, ``L`` is each window's maskable length and the result is pooled per maskable
     token (``sum_i L_i * nelbo_i / sum_i L_i``, equal to the plain mean when all ``L_i`` agree),
     i.e. a bound on the NLL of the maskable tokens given the rest.
+
+    With ``corrupt`` other than the mask token (uniform substitution), the same weighted sum is
+    computed, but it is a denoising cross-entropy, not an ELBO of the model: report it as such.
     """
     _check_windows(windows)
     _check_shift(logit_shift)
@@ -223,6 +242,7 @@ def nelbo(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_windows, seq_len = windows.shape
     masks, counts = nelbo_masks(num_windows, seq_len, mc_samples, seed, maskable=maskable)
+    corrupt = _corruption(mask_token_id, corrupt)
     lengths = (
         torch.full((num_windows,), seq_len, dtype=torch.float64)
         if maskable is None
@@ -238,7 +258,7 @@ def nelbo(
             rows = slice(start, start + batch_size)
             clean = windows[row_window[rows]].to(device=device, dtype=torch.long)
             mask = flat_masks[rows].to(device)
-            noisy = clean.masked_fill(mask, mask_token_id)
+            noisy = corrupt(clean, mask, torch.arange(num_windows * mc_samples)[rows], "nelbo")
             logits = _aligned_logits(model, noisy, logit_shift, logits_fn)
             ce, _ = _masked_ce(logits, clean, mask)
             row_of_token = mask.nonzero()[:, 0].cpu()

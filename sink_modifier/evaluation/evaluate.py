@@ -47,6 +47,7 @@ def evaluate_model(
     progress: bool = True,
     maskable: torch.Tensor | None = None,
     logits_fn=None,
+    corrupt=None,
 ) -> dict:
     """Score ``model`` on clean token ``windows`` ``[N, T]``.
 
@@ -57,7 +58,8 @@ def evaluate_model(
 
     Causal: ``{"ppl", "ce", "num_windows", "seq_len", "seed"}``.
     Ratio keys are ``str(float(ratio))``. ``maskable [N, T]``, ``logit_shift`` and ``logits_fn``
-    carry a family's rules (:meth:`ModelFamily.maskable`, ``.logit_shift``, ``.logits``).
+    carry a family's rules (:meth:`ModelFamily.maskable`, ``.logit_shift``, ``.logits``);
+    ``corrupt`` replaces what hidden positions hold (:mod:`.corruption`; default the mask token).
     """
     _validate(model, windows)
     num_windows, seq_len = windows.shape
@@ -70,8 +72,8 @@ def evaluate_model(
             "seq_len": seq_len,
             "seed": seed,
         }
-    if mask_token_id is None:
-        raise ValueError("diffusion=True needs mask_token_id (e.g. model.config.mask_token_id)")
+    if mask_token_id is None and corrupt is None:
+        raise ValueError("diffusion=True needs mask_token_id (e.g. model.config.mask_token_id) or corrupt")
     bound = nelbo(
         model,
         windows,
@@ -83,6 +85,7 @@ def evaluate_model(
         progress=progress,
         maskable=maskable,
         logits_fn=logits_fn,
+        corrupt=corrupt,
     )
     masked_ce: dict[str, float] = {}
     masked_acc: dict[str, float] = {}
@@ -98,6 +101,7 @@ def evaluate_model(
             progress=progress,
             maskable=maskable,
             logits_fn=logits_fn,
+            corrupt=corrupt,
         )
         masked_ce[str(float(ratio))] = result["ce"]
         masked_acc[str(float(ratio))] = result["accuracy"]

@@ -8,6 +8,6 @@
 
 from .base import ModelFamily
 from .loading import LoadedModel, load_pretrained
-from .registry import FAMILIES, detect_family, get_family, read_config
+from .registry import FAMILIES, detect_family, family_of_model, get_family, read_config
 
-__all__ = ["FAMILIES", "LoadedModel", "ModelFamily", "detect_family", "get_family", "load_pretrained", "read_config"]
+__all__ = ["FAMILIES", "LoadedModel", "ModelFamily", "detect_family", "family_of_model", "get_family", "load_pretrained", "read_config"]

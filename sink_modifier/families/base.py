@@ -41,6 +41,9 @@ class ModelFamily:
     :cvar logit_shift: 1 when position ``i``'s logits predict token ``i + 1`` (Dream, AR models).
     :cvar remote_code: the published checkpoints need ``trust_remote_code=True``.
     :cvar examples: published checkpoints of the family, for messages and docs.
+    :cvar pipeline: the llm-compressor pipeline this family must use (``None``: the caller's choice).
+    :cvar uniform_noise: the forward process substitutes uniform random tokens (no mask token).
+    :cvar objective: what the evaluation score of a diffusion model means, for result records.
     """
 
     name: ClassVar[str] = ""
@@ -49,6 +52,9 @@ class ModelFamily:
     logit_shift: ClassVar[int] = 0
     remote_code: ClassVar[bool] = False
     examples: ClassVar[tuple[str, ...]] = ()
+    pipeline: ClassVar[str | None] = None
+    uniform_noise: ClassVar[bool] = False
+    objective: ClassVar[str] = "masked-diffusion NELBO (upper bound on the NLL) and masked CE"
 
     # -- detection -------------------------------------------------------------------
     def matches(self, config: dict[str, Any]) -> bool:
@@ -110,9 +116,47 @@ class ModelFamily:
         return model(**self.model_inputs(input_ids, attention_mask)).logits
 
     # -- calibration -------------------------------------------------------------------
+    def build_calibration(
+        self, data, tokenizer: Any, config: Any, *, seq_len: int, num_samples: int,
+        timesteps: tuple[float, ...], seed: int, max_chars: int | None,
+    ):
+        """Calibration rows: clean windows noised at every timestep by this family's forward process.
+
+        The default is masked diffusion (the mask token at the ``maskable`` positions), or clean
+        windows for a causal model (``timesteps == (0.0,)``).
+        """
+        from sink_modifier.diffusion import build_diffusion_calibration
+
+        return build_diffusion_calibration(
+            data, tokenizer, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps, seed=seed,
+            mask_token_id=self.mask_token_id(tokenizer, config) if self.diffusion else None,
+            config=config, max_chars=max_chars,
+            maskable=lambda clean: self.maskable(clean, tokenizer, config),
+        )
+
     def calibration_loader(self, calibration, batch_size: int):
         """The DataLoader of a :class:`DiffusionCalibrationSet` in the columns this model's forward takes."""
         return calibration.dataloader(batch_size)
+
+    def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int):
+        """What evaluation puts at hidden positions (:mod:`sink_modifier.evaluation.corruption`);
+        ``None``: the mask token."""
+        return None
+
+    # -- sink pass ---------------------------------------------------------------------
+    def sink_embedding(self, model: nn.Module) -> nn.Module | None:
+        """The embedding whose forward's first argument are the token ids the pruned Linears see."""
+        getter = getattr(model, "get_input_embeddings", None)
+        return getter() if callable(getter) else None
+
+    def sink_pass(self, model: nn.Module, token_ids: torch.Tensor, call_kwargs: dict | None) -> dict:
+        """Extra arguments of :func:`~sink_modifier.sinks.global_attention_mass` for one batch.
+
+        ``token_ids`` are what :meth:`sink_embedding` received; ``call_kwargs`` the keyword
+        arguments of the pipeline's whole-model call (``None`` where the pipeline calls
+        subgraphs). The default forwards ``input_ids=token_ids`` and counts every attention module.
+        """
+        return {}
 
     # -- pruning ---------------------------------------------------------------------
     def pruning_ignore(self, model: nn.Module) -> list[str]:
@@ -122,6 +166,9 @@ class ModelFamily:
         (LLaDA's is ``model.transformer.ff_out``, and each block has an ``ff_out`` too).
         """
         return output_head_patterns(model)
+
+    def after_oneshot(self, model: nn.Module) -> None:
+        """Bring a model back to its own layout after ``oneshot`` (e.g. repack linearised experts)."""
 
     def sequential_targets(self, model: nn.Module) -> list[str] | None:
         """Decoder-block class names for llm-compressor's sequential pipeline (None: its default)."""

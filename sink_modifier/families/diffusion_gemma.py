@@ -1,10 +1,33 @@
 """DiffusionGemma (``DiffusionGemmaForBlockDiffusion``, native in transformers ≥ 5.12).
 
 A causal prompt encoder plus a bidirectional canvas decoder that attends to the prompt's
-keys and values and to the canvas; MoE experts; a vision tower. It loads with
-``AutoModelForImageTextToText``; ``forward(input_ids=prompt, decoder_input_ids=canvas)``
-returns logits over the canvas only. Calibration noises only the canvas (the prompt stays
-clean, as at inference), and the vision tower, which sees no text, stays dense.
+keys and values (a read-only KV cache) and to the canvas; MoE experts; a vision tower. It
+loads with ``AutoModelForImageTextToText``; ``forward(input_ids=prompt,
+decoder_input_ids=canvas)`` returns logits over the canvas only. The rules here:
+
+* **Split.** A window of ``T`` tokens is a clean prompt (first ``T - C``) and a canvas
+  (last ``C = min(config.canvas_length, T // 2)``), :mod:`sink_modifier.diffusion.prompt_canvas`.
+* **Noise.** DiffusionGemma has no mask token: its forward process substitutes uniform random
+  tokens. Calibration noises the canvas that way at every timestep (prompt clean); evaluation
+  hides the same stratified canvas positions as the masked metrics and fills them with
+  uniform tokens (:class:`~sink_modifier.evaluation.corruption.UniformCorruption`). The
+  "NELBO" of this family is therefore a *denoising cross-entropy* weighted like the LLaDA
+  ELBO, not a likelihood bound.
+* **What is pruned.** The encoder's text layers and the decoder's layers share every weight,
+  so the shared Linears are pruned once, by the decoder (canvas) statistics: the encoder's
+  text model is ignored. Left dense: the output head (tied to the embedding), the vision
+  tower and its projector (they never see text), the routers (``E x H``, tiny, and pruning
+  them reroutes tokens), and ``self_conditioning`` (its input is exactly zero at the first
+  denoising step, which is what calibration rows are, so no statistic can rank its weights:
+  Wanda would prune by tie order, SparseGPT zeroes every dead column). Experts are pruned
+  per expert, after llm-compressor linearises them.
+* **Pipeline.** ``basic`` only: the traced sequential pipeline captures the encoder's output
+  as a constant and appends the DynamicCache twice.
+* **Sink pass.** Pruned Linears see canvas tokens, so sink weights are per canvas token:
+  the pass hooks the decoder's embedding, forwards the batch's prompt with the canvas, and
+  counts only the decoder's attention, keeping the canvas key columns (``K = P + C``).
+* **Save.** ``after_oneshot`` repacks the linearised experts into the 3-D parameters and
+  re-ties the encoder's experts to the decoder's, so the checkpoint reloads exactly.
 """
 
 from __future__ import annotations
@@ -13,17 +36,58 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from loguru import logger
 from torch import nn
 
-from .base import ModelFamily
+from sink_modifier.diffusion.prompt_canvas import build_prompt_canvas_calibration, canvas_size
 
-__all__ = ["DiffusionGemmaFamily"]
+from .base import ModelFamily, output_head_patterns
+
+__all__ = ["DiffusionGemmaFamily", "retie_encoder_to_decoder"]
+
+ENCODER_TEXT = r"re:^model\.encoder\.language_model\..*"
+TEXT_BLIND = [r"re:.*vision_tower.*", r"re:.*embed_vision.*"]
+KEPT_DENSE = [r"re:.*\.router\..*", r"re:.*self_conditioning.*"]
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else getattr(config, "text_config", config)
+
+
+def _canvas(config: Any, seq_len: int) -> int:
+    return canvas_size(seq_len, int(getattr(config, "canvas_length", seq_len // 2) or seq_len // 2))
+
+
+def retie_encoder_to_decoder(model: nn.Module) -> int:
+    """Point every parameter of the encoder's text layers at the decoder's same-named one.
+
+    They are one set of weights in DiffusionGemma; llm-compressor's expert linearisation
+    unties the experts. Returns the number of parameters re-tied.
+    """
+    encoder = model.model.encoder.language_model.layers
+    decoder = model.model.decoder.layers
+    tied = 0
+    for enc_layer, dec_layer in zip(encoder, decoder):
+        enc_params = dict(enc_layer.named_parameters())
+        for name, param in dec_layer.named_parameters():
+            if name in enc_params and enc_params[name] is not param:
+                owner, _, leaf = name.rpartition(".")
+                setattr(enc_layer.get_submodule(owner) if owner else enc_layer, leaf, param)
+                tied += 1
+    return tied
 
 
 class DiffusionGemmaFamily(ModelFamily):
     name = "diffusion_gemma"
     description = "DiffusionGemma block diffusion (native transformers; prompt encoder + canvas decoder, MoE)"
-    examples = ("google/diffusion-gemma",)
+    examples = ("google/diffusiongemma-26B-A4B-it",)
+    pipeline = "basic"
+    uniform_noise = True
+    objective = (
+        "canvas denoising cross-entropy under uniform token substitution (prompt clean), weighted like "
+        "the LLaDA ELBO; not a likelihood bound"
+    )
 
     def matches(self, config: dict[str, Any]) -> bool:
         architectures = config.get("architectures") or []
@@ -39,19 +103,75 @@ class DiffusionGemmaFamily(ModelFamily):
             folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
         )
 
-    def mask_token_id(self, tokenizer: Any, config: Any) -> int:
-        from sink_modifier.diffusion.mask_token import resolve_mask_token_id
+    # -- tokens ------------------------------------------------------------------------
+    def mask_token_id(self, tokenizer: Any, config: Any) -> int | None:
+        """Unused by the uniform forward process; reported when the config or tokenizer names one."""
+        for source in (config, _text_config(config)):
+            value = getattr(source, "mask_token_id", None)
+            if isinstance(value, int):
+                return value
+        return getattr(tokenizer, "mask_token_id", None)
 
-        text_config = getattr(config, "text_config", None)
-        try:
-            return resolve_mask_token_id(tokenizer, config)
-        except ValueError:
-            return resolve_mask_token_id(None, text_config)
+    def maskable(self, clean_ids: torch.LongTensor, tokenizer: Any, config: Any) -> torch.BoolTensor:
+        """Only the canvas (last ``C`` tokens of each window) is noised; the prompt stays clean."""
+        maskable = torch.zeros_like(clean_ids, dtype=torch.bool)
+        maskable[:, -_canvas(config, clean_ids.shape[1]) :] = True
+        return maskable
 
-    def pruning_ignore(self, model: nn.Module) -> list[str]:
-        # The vision tower and its projector never see text calibration: their inputs would
-        # be empty, so they stay dense.
-        return ["re:.*vision_tower.*", "re:.*embed_vision.*"]
+    # -- running ---------------------------------------------------------------------
+    def model_inputs(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, *, config=None) -> dict:
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("DiffusionGemma windows are scored unpadded; padded rows are not supported")
+        size = _canvas(config, input_ids.shape[1])
+        return {"input_ids": input_ids[:, :-size], "decoder_input_ids": input_ids[:, -size:]}
 
     def logits(self, model: nn.Module, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return model(**self.model_inputs(input_ids, attention_mask)).logits
+        """Logits ``[B, T, V]`` aligned with the window: canvas rows from the model, prompt rows zero
+        (the prompt is never scored: :meth:`scorable` is the canvas)."""
+        inputs = self.model_inputs(input_ids, attention_mask, config=model.config)
+        canvas = model(**inputs).logits
+        prompt = canvas.new_zeros(canvas.shape[0], inputs["input_ids"].shape[1], canvas.shape[-1])
+        return torch.cat([prompt, canvas], dim=1)
+
+    # -- calibration / evaluation -------------------------------------------------------
+    def build_calibration(self, data, tokenizer, config, *, seq_len, num_samples, timesteps, seed, max_chars):
+        return build_prompt_canvas_calibration(
+            data, tokenizer, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps, seed=seed,
+            canvas_length=int(config.canvas_length), vocab_size=int(_text_config(config).vocab_size),
+            config=config, max_chars=max_chars,
+        )
+
+    def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int):
+        from sink_modifier.evaluation.corruption import UniformCorruption
+
+        return UniformCorruption(vocab_size=int(_text_config(config).vocab_size), seed=seed)
+
+    # -- sink pass ---------------------------------------------------------------------
+    def sink_embedding(self, model: nn.Module) -> nn.Module:
+        return model.model.decoder.embed_tokens
+
+    def sink_pass(self, model: nn.Module, token_ids: torch.Tensor, call_kwargs: dict | None) -> dict:
+        prompt = (call_kwargs or {}).get("input_ids")
+        if prompt is None:
+            raise ValueError(
+                "the DiffusionGemma sink pass needs the batch's prompt (input_ids) from the whole-model "
+                "call; run oneshot with pipeline='basic'"
+            )
+        decoder_attention = [m for m in model.model.decoder.layers.modules() if type(m).__name__.endswith("Attention")]
+        return {
+            "forward_inputs": {"input_ids": prompt, "decoder_input_ids": token_ids},
+            "attention_modules": decoder_attention,
+            "trailing_keys": True,
+        }
+
+    # -- pruning ---------------------------------------------------------------------
+    def pruning_ignore(self, model: nn.Module) -> list[str]:
+        return output_head_patterns(model) + [ENCODER_TEXT, *TEXT_BLIND, *KEPT_DENSE]
+
+    def after_oneshot(self, model: nn.Module) -> None:
+        from llmcompressor.modeling.moe.linearize import repack_moe
+
+        repack_moe(model)
+        tied = retie_encoder_to_decoder(model)
+        if tied:
+            logger.info(f"Re-tied {tied} encoder text-layer parameters to the decoder's (pruned) weights")

@@ -30,6 +30,7 @@ class CausalFamily(ModelFamily):
     description = "autoregressive LMs (Llama, Qwen2, ...): clean calibration, perplexity"
     diffusion = False
     logit_shift = 1
+    objective = "perplexity"
     examples = ("meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-0.5B")
 
     def matches(self, config: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from .dream import DreamFamily
 from .generic import BidirectionalFamily, CausalFamily
 from .llada import LLaDAFamily
 
-__all__ = ["FAMILIES", "detect_family", "get_family", "read_config"]
+__all__ = ["FAMILIES", "detect_family", "family_of_model", "get_family", "read_config"]
 
 # Most specific first: detection takes the first match.
 FAMILIES: dict[str, ModelFamily] = {
@@ -57,3 +57,10 @@ def detect_family(config: dict[str, Any] | str | Path, override: str | None = No
         if family.matches(config):
             return family
     raise AssertionError("the causal family matches every config")  # pragma: no cover
+
+
+def family_of_model(model) -> ModelFamily:
+    """The family of a loaded model, detected from its config (how a modifier finds its rules)."""
+    config = getattr(model, "config", None)
+    to_dict = getattr(config, "to_dict", None)
+    return detect_family(to_dict() if callable(to_dict) else {})

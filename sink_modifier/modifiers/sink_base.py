@@ -79,6 +79,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     _model: torch.nn.Module | None = PrivateAttr(default=None)
     _token_weights: dict[int, torch.Tensor | None] = PrivateAttr(default_factory=dict)
     _pending_attention_mask: torch.Tensor | None = PrivateAttr(default=None)
+    _pending_call: dict | None = PrivateAttr(default=None)
     _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
 
     # -- validation (fails at recipe load, naming the field) ------------------------
@@ -171,14 +172,22 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         return name
 
     # -- sink weights per batch -------------------------------------------------------
+    def _family(self):
+        """The model family's sink-pass rules (:mod:`sink_modifier.families`), detected from the config."""
+        from sink_modifier.families import family_of_model
+
+        return family_of_model(self._model)
+
     def _input_embedding(self) -> torch.nn.Module | None:
-        getter = getattr(self._model, "get_input_embeddings", None)
-        return getter() if callable(getter) else None
+        # Default get_input_embeddings(); DiffusionGemma: the decoder's (canvas) embedding.
+        return self._family().sink_embedding(self._model)
 
     def _capture_attention_mask(self, _module, _args, kwargs):
         # Fires only where the pipeline calls the whole model (basic); the sequential
         # pipeline calls traced subgraphs, and its rows are unpadded windows.
         self._pending_attention_mask = kwargs.get("attention_mask")
+        self._pending_call = kwargs  # a family's sink pass may need other inputs (a prompt)
+
 
     def _start_batch(self, _module, args):
         batch_idx = active_session().state.current_batch_idx
@@ -198,7 +207,8 @@ class SinkAwareSparsityBase(SparsityModifierBase):
 
     def sink_mass(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Global attention mass ``[B, T]`` of ``input_ids`` under the (dense) model."""
-        return global_attention_mass(self._model, input_ids, valid, chunk_size=self.attention_chunk_size)
+        extra = self._family().sink_pass(self._model, input_ids, self._pending_call)
+        return global_attention_mass(self._model, input_ids, valid, chunk_size=self.attention_chunk_size, **extra)
 
     def batch_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Per-token weights ``1 - s`` of one calibration batch (the paper: one mask per row)."""
@@ -230,8 +240,8 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         if input_ids.shape[0] < 2:
             raise ValueError(f"{hint}; got a batch of {input_ids.shape[0]} row")
         mask_id = self.resolved_mask_token_id()
-        if mask_id is None:
-            return
+        if mask_id is None or self._family().uniform_noise:
+            return  # uniform noise changes tokens without a marker: nothing to compare
         visible = input_ids != mask_id
         reference = torch.where(visible, input_ids, -1).max(dim=0).values  # any visible token per position
         clash = visible & (input_ids != reference[None, :])
