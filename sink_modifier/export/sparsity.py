@@ -4,27 +4,50 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_n_m_sparse", "sparsity_report"]
+__all__ = ["is_n_m_sparse", "prunable_weights", "sparsity_report"]
 
 
-def sparsity_report(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> dict:
-    """Fraction of exactly-zero weights per ``nn.Linear`` (by name) and over all of them.
+def prunable_weights(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)):
+    """``(name, weight [out, in])`` of every weight a recipe prunes, each shared tensor once.
 
-    The output head (``get_output_embeddings()``, whatever its name: LLaDA's is
-    ``model.transformer.ff_out``) and modules whose name ends with an entry of ``skip`` are
-    left out: recipes never prune the head. ``overall`` is weighted by parameter count.
+    ``nn.Linear`` weights by module name, and the 3-D expert stacks of MoE blocks (``[E, out,
+    in]``, e.g. DiffusionGemma's ``experts.gate_up_proj``) by parameter name, flattened to
+    ``[E * out, in]`` so row-wise and N:M checks read them like a Linear. The output head
+    (``get_output_embeddings()``, whatever its name: LLaDA's is ``model.transformer.ff_out``)
+    and names ending with an entry of ``skip`` are left out. A weight shared by two modules
+    (DiffusionGemma's encoder and decoder share every layer) is listed under its first name.
     """
     getter = getattr(model, "get_output_embeddings", None)
     try:
         head = getter() if callable(getter) else None
     except (AttributeError, NotImplementedError):
         head = None
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if module is head or name.endswith(skip):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            candidates = [(name, module.weight)]
+        elif type(module).__name__.endswith("Experts"):
+            candidates = [(f"{name}.{p}", w) for p, w in module.named_parameters(recurse=False) if w.dim() == 3]
+        else:
+            continue
+        for full_name, weight in candidates:
+            if id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            weight = weight.detach()
+            yield full_name, weight.reshape(-1, weight.shape[-1]) if weight.dim() == 3 else weight
+
+
+def sparsity_report(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> dict:
+    """Fraction of exactly-zero weights per prunable weight (see :func:`prunable_weights`) and overall.
+
+    ``overall`` is weighted by parameter count.
+    """
     per_layer: dict[str, float] = {}
     zeros = total = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.endswith(skip) or module is head:
-            continue
-        weight = module.weight.detach()
+    for name, weight in prunable_weights(model, skip):
         layer_zeros = int((weight == 0).sum())
         per_layer[name] = layer_zeros / weight.numel()
         zeros += layer_zeros

@@ -177,14 +177,19 @@ def _n_m_structures(meta: dict, report: VerifyReport) -> list[tuple[int, int]]:
 
 
 def _weight(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The weight recorded under ``name``: a Linear's ``[out, in]``, or an expert stack flattened to ``[E*out, in]``."""
     try:
         module = model.get_submodule(name)
+        weight = getattr(module, "weight", None)
     except AttributeError:
+        try:
+            weight = model.get_parameter(name)
+        except AttributeError:
+            return None
+    if not isinstance(weight, torch.Tensor) or weight.ndim not in (2, 3):
         return None
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        return None
-    return weight.detach()
+    weight = weight.detach()
+    return weight.reshape(-1, weight.shape[-1]) if weight.ndim == 3 else weight
 
 
 def _check_sparsity(model, per_layer: dict[str, float], tolerance: float, report: VerifyReport) -> None:
