@@ -15,14 +15,14 @@ def prunable_weights(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",
     ``[E * out, in]`` so row-wise and N:M checks read them like a Linear. The output head
     (``get_output_embeddings()``, whatever its name: LLaDA's is ``model.transformer.ff_out``)
     and names ending with an entry of ``skip`` are left out. A weight shared by two modules
-    (DiffusionGemma's encoder and decoder share every layer) is listed under its first name.
+    (DiffusionGemma's encoder and decoder share every layer) is listed under both names, so
+    either module can be looked up; the overall fraction is unchanged by the repeat.
     """
     getter = getattr(model, "get_output_embeddings", None)
     try:
         head = getter() if callable(getter) else None
     except (AttributeError, NotImplementedError):
         head = None
-    seen: set[int] = set()
     for name, module in model.named_modules():
         if module is head or name.endswith(skip):
             continue
@@ -33,9 +33,6 @@ def prunable_weights(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",
         else:
             continue
         for full_name, weight in candidates:
-            if id(weight) in seen:
-                continue
-            seen.add(id(weight))
             weight = weight.detach()
             yield full_name, weight.reshape(-1, weight.shape[-1]) if weight.dim() == 3 else weight
 
