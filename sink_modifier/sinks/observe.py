@@ -15,21 +15,114 @@ the same layer:
 
 Only self-attention over the observed sequence counts (``Q == K == T``): cross-attention
 or cached-prefix calls are skipped, so the mass is the paper's sum over layers.
+
+Memory stays ``O(chunk * T)`` per layer in both channels. SDPA never materialises the
+probabilities and channel 2 recomputes them a query block at a time. For channel 1, eager
+attention would materialise ``[B, H, T, T]`` in every layer, so while an observer is
+active a Hugging Face model whose ``config._attn_implementation`` is ``"eager"`` (what
+llm-compressor forces during calibration) runs a registered implementation that calls the
+model's *own* eager attention function on blocks of queries and reduces each block's
+probabilities to mass at once (:func:`_chunked_eager_attention`). Softmax rows are
+independent, so this is the eager computation, block by block; models whose eager
+function cannot be found keep plain eager attention.
+
+:func:`global_attention_mass` stops the forward as soon as every attention module has run
+(the last layer's MLP, the final norm and the LM head are never computed) and, for a model
+dispatched with compressed-tensors offloading, onloads weights one module at a time
+(:mod:`sink_modifier.sinks.onload`).
 """
 
 from __future__ import annotations
+
+import contextlib
+import inspect
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from sink_modifier.sinks.mass import mass_from_probabilities, mass_from_query_key
+from sink_modifier.sinks.mass import _mask_block, mass_from_probabilities, mass_from_query_key, query_chunk_size
+from sink_modifier.sinks.onload import onload_one_module_at_a_time
 
 __all__ = ["AttentionMassObserver", "SinkObservationError", "global_attention_mass"]
+
+CHUNKED_EAGER = "sink_modifier_chunked_eager"
+"""Name under which the chunked eager attention is registered with transformers."""
 
 
 class SinkObservationError(ValueError):
     """The model ran, but no attention layer could be observed."""
+
+
+class _AllAttentionObserved(Exception):
+    """Raised from the last attention module's forward hook to end a sink pass early."""
+
+
+# The observer whose chunked eager attention is running. Sink passes are single-threaded
+# forwards; the registered attention function needs a way back to its observer.
+_ACTIVE_OBSERVER: "AttentionMassObserver | None" = None
+
+
+def _eager_function(module: torch.nn.Module):
+    """The eager attention function ``module``'s forward would call (its modeling file's
+    ``eager_attention_forward``), or None."""
+    forward = getattr(type(module), "forward", None)
+    if forward is None:
+        return None
+    fn = inspect.unwrap(forward).__globals__.get("eager_attention_forward")
+    return fn if callable(fn) and fn is not _chunked_eager_attention else None
+
+
+def _chunked_eager_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    """The module's own eager attention, run on blocks of queries; each block's probabilities
+    are reduced to mass and dropped. Returns ``(attn_output, None)`` so the module-output
+    channel does not count the layer twice."""
+    eager = _eager_function(module)
+    observer = _ACTIVE_OBSERVER
+    if eager is None:
+        raise SinkObservationError(f"{type(module).__name__} has no eager_attention_forward to run in blocks")
+    if observer is None or not observer.counts(module):  # outside a sink pass, or not observed: plain eager
+        return eager(module, query, key, value, attention_mask, *args, **kwargs)
+    batch, heads, q_len = query.shape[:3]
+    k_len = key.shape[-2]
+    chunk = min(q_len, observer.chunk_size or query_chunk_size(batch, heads, k_len))
+    keys = observer.own_keys(q_len, k_len)
+    weights = observer._weights_for(q_len) if keys is not None else None
+    outputs, mass = [], None
+    for start in range(0, q_len, chunk):
+        stop = min(start + chunk, q_len)
+        block_mask = None if attention_mask is None else _mask_block(attention_mask, start, stop, q_len)
+        out, probs = eager(module, query[:, :, start:stop], key, value, block_mask, *args, **kwargs)
+        outputs.append(out)
+        if keys is None or not isinstance(probs, torch.Tensor):
+            continue
+        block = mass_from_probabilities(probs.detach()[..., keys], None if weights is None else weights[:, start:stop])
+        mass = block if mass is None else mass.add_(block)
+        del probs
+    if keys is None:
+        observer.calls_skipped += 1
+    elif mass is not None:
+        observer._check_finite(mass, module)
+        observer._add(mass)
+    if len(outputs) == 1:
+        return outputs[0], None
+    if any(out.dim() < 2 or out.shape[1] != min(chunk, q_len - i * chunk) for i, out in enumerate(outputs)):
+        raise SinkObservationError(
+            f"{type(module).__name__}'s eager attention does not return [B, Q, ...]; cannot join query blocks"
+        )
+    return torch.cat(outputs, dim=1), None
+
+
+def _register_chunked_eager() -> bool:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:  # pragma: no cover - transformers without attention interfaces
+        return False
+    if CHUNKED_EAGER not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionInterface.register(CHUNKED_EAGER, _chunked_eager_attention)
+        AttentionMaskInterface.register(CHUNKED_EAGER, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    return True
 
 
 class _SDPAInterceptor(TorchFunctionMode):
@@ -53,33 +146,81 @@ class AttentionMassObserver:
     ...     mass = observer.mass  # [B, T] float32
     """
 
-    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        chunk_size: int | None = None,
+        *,
+        stop_when_all_observed: bool = False,
+        attention_modules: list[torch.nn.Module] | None = None,
+        trailing_keys: bool = False,
+    ):
+        """``attention_modules`` restricts observation to those modules (all channels; default: every
+        ``*Attention`` module). ``trailing_keys``: a call with ``K > Q`` (queries after a cached
+        prefix, e.g. DiffusionGemma's canvas over prompt + canvas keys) counts the mass its queries
+        give to the last ``Q`` keys, their own tokens, with probabilities normalised over all ``K``."""
         self.model = model
         self.chunk_size = chunk_size
-        self.attention_modules = [
+        self.stop_when_all_observed = stop_when_all_observed
+        self.restricted = attention_modules is not None
+        self.trailing_keys = trailing_keys
+        self.attention_modules = list(attention_modules) if attention_modules is not None else [
             m for m in model.modules() if type(m).__name__.endswith("Attention")
         ]
+        self._observed_ids = set(map(id, self.attention_modules))
+        self._running = 0
         self._handles: list = []
         self._mode: _SDPAInterceptor | None = None
+        self._stack: contextlib.ExitStack | None = None
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> "AttentionMassObserver":
+        global _ACTIVE_OBSERVER
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self._chunked_eager_attention())
         self._handles = [
             m.register_forward_hook(self._observe_module_output)
             for m in self.attention_modules
         ]
+        if self.restricted:  # SDPA calls count only inside an observed module
+            self._handles += [m.register_forward_pre_hook(self._enter_module) for m in self.attention_modules]
         self._mode = _SDPAInterceptor(self)
         self._mode.__enter__()
+        self._previous_observer, _ACTIVE_OBSERVER = _ACTIVE_OBSERVER, self
         return self
 
     def __exit__(self, *exc) -> None:
+        global _ACTIVE_OBSERVER
+        _ACTIVE_OBSERVER = self._previous_observer
         if self._mode is not None:
             self._mode.__exit__(*exc)
             self._mode = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    @contextlib.contextmanager
+    def _chunked_eager_attention(self):
+        """Swap eager attention for its query-blocked twin while observing, where possible."""
+        config = getattr(self.model, "config", None)
+        usable = (
+            getattr(config, "_attn_implementation", None) == "eager"
+            and self.attention_modules
+            and all(_eager_function(m) is not None for m in self.attention_modules)
+            and _register_chunked_eager()
+        )
+        if not usable:
+            yield
+            return
+        config._attn_implementation = CHUNKED_EAGER
+        try:
+            yield
+        finally:
+            config._attn_implementation = "eager"
 
     def reset(self, attention_mask: torch.Tensor | None = None) -> None:
         """Start a new forward; ``attention_mask`` ``[B, T]`` marks real tokens (1) vs padding (0)."""
@@ -87,23 +228,56 @@ class AttentionMassObserver:
         self.layers_observed = 0
         self.calls_skipped = 0
         self._query_weights = None if attention_mask is None else attention_mask.float()
+        self._not_yet_run = set(map(id, self.attention_modules))
+        self._running = 0
+
+    def counts(self, module: torch.nn.Module) -> bool:
+        """Whether ``module``'s attention is part of the mass."""
+        return not self.restricted or id(module) in self._observed_ids
+
+    def own_keys(self, q_len: int, k_len: int) -> slice | None:
+        """The key columns that are the queries' own tokens, or None for a call that is not counted."""
+        if q_len == k_len:
+            return slice(None)
+        if self.trailing_keys and k_len > q_len:
+            return slice(k_len - q_len, None)
+        return None
+
+    def _enter_module(self, module, args) -> None:
+        self._running += 1
 
     # -- channels ----------------------------------------------------------------
     def _observe_module_output(self, module, args, output) -> None:
+        if self.restricted:
+            self._running = max(0, self._running - 1)
+        self._read_module_output(module, output)
+        self._not_yet_run.discard(id(module))
+        if self.stop_when_all_observed and not self._not_yet_run and self.layers_observed:
+            raise _AllAttentionObserved
+
+    def _read_module_output(self, module, output) -> None:
         if not isinstance(output, tuple) or len(output) < 2:
             return
         probs = output[1]
         if not isinstance(probs, torch.Tensor) or probs.dim() != 4:
             return
-        if probs.shape[-1] != probs.shape[-2]:
+        keys = self.own_keys(probs.shape[-2], probs.shape[-1])
+        if keys is None:
             self.calls_skipped += 1
             return
-        if not bool(torch.isfinite(probs).all()):
+        mass = mass_from_probabilities(probs.detach()[..., keys], self._weights_for(probs.shape[-2]))
+        self._check_finite(mass, module)
+        self._add(mass)
+
+    @staticmethod
+    def _check_finite(mass: torch.Tensor, module) -> None:
+        # NaN/inf in any probability propagates into the sums (0 * inf is NaN too), so checking
+        # the [B, T] mass finds them without another pass over [B, H, T, T].
+        if not bool(torch.isfinite(mass).all()):
             raise SinkObservationError(
                 f"{type(module).__name__} returned NaN/inf attention probabilities; the model's "
                 "outputs are broken (uninitialised buffers after from_pretrained?)"
             )
-        self._add(mass_from_probabilities(probs.detach(), self._weights_for(probs.shape[-2])))
 
     def _observe_sdpa(
         self,
@@ -117,7 +291,10 @@ class AttentionMassObserver:
         enable_gqa=False,
         **_,
     ) -> None:
-        if query.shape[-2] != key.shape[-2]:
+        if self.restricted and not self._running:
+            return  # attention outside the observed modules (e.g. DiffusionGemma's prompt encoder)
+        keys = self.own_keys(query.shape[-2], key.shape[-2])
+        if keys is None:
             self.calls_skipped += 1
             return
         if not (bool(torch.isfinite(query).all()) and bool(torch.isfinite(key).all())):
@@ -137,7 +314,7 @@ class AttentionMassObserver:
             query_weights=self._weights_for(query.shape[-2]),
             chunk_size=self.chunk_size,
         )
-        self._add(mass)
+        self._add(mass[:, keys])
 
     # -- accumulation --------------------------------------------------------------
     def _weights_for(self, q_len: int) -> torch.Tensor | None:
@@ -161,20 +338,39 @@ def global_attention_mass(
     *,
     chunk_size: int | None = None,
     forward_kwargs: dict | None = None,
+    forward_inputs: dict | None = None,
+    attention_modules: list[torch.nn.Module] | None = None,
+    trailing_keys: bool = False,
 ) -> torch.Tensor:
     """Run one forward of ``model`` and return the global attention mass ``[B, T]`` (float32).
+
+    ``forward_inputs`` replaces ``input_ids=input_ids`` in the call (a model whose observed
+    tokens are not its ``input_ids``: DiffusionGemma's canvas is ``decoder_input_ids``);
+    ``attention_modules`` and ``trailing_keys`` go to :class:`AttentionMassObserver` (a
+    family's :meth:`~sink_modifier.families.ModelFamily.sink_pass` supplies all three).
+
+    The forward ends as soon as every ``*Attention`` module has run, and weights of a model
+    offloaded with compressed-tensors are onloaded one module at a time, even inside
+    llm-compressor's ``disable_offloading()`` (:mod:`sink_modifier.sinks.onload`).
 
     Raises :class:`SinkObservationError` naming what was tried when no layer is observed
     (e.g. flash-attention kernels or custom attention code that neither returns
     probabilities nor calls ``scaled_dot_product_attention``).
     """
-    observer = AttentionMassObserver(model, chunk_size=chunk_size)
+    observer = AttentionMassObserver(
+        model, chunk_size=chunk_size, stop_when_all_observed=True,
+        attention_modules=attention_modules, trailing_keys=trailing_keys,
+    )
     kwargs = dict(forward_kwargs or {})
+    kwargs.update(forward_inputs if forward_inputs is not None else {"input_ids": input_ids})
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
-    with torch.no_grad(), observer:
+    with torch.no_grad(), onload_one_module_at_a_time(), observer:
         observer.reset(attention_mask)
-        model(input_ids=input_ids, **kwargs)
+        try:
+            model(**kwargs)
+        except _AllAttentionObserved:
+            pass
     if observer.layers_observed == 0 or observer.mass is None:
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
         raise SinkObservationError(
