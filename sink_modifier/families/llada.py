@@ -48,7 +48,7 @@ class LLaDAFamily(ModelFamily):
         return model_type.startswith("llada") or any(str(a).startswith("LLaDA") for a in architectures)
 
     def load_model(self, folder: Path, *, dtype, trust_remote_code: bool, quantization_config=None) -> nn.Module:
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         from .registry import read_config
 
@@ -57,14 +57,16 @@ class LLaDAFamily(ModelFamily):
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
         if getattr(config, "use_cache", None) is None:
             config.use_cache = False
-        # Patch the class the auto class will resolve (same cached module object), then load
-        # through the auto class so saving copies the model code like the hub checkpoint has.
+        # Load through the folder's own class, repaired in memory. Not through the auto class:
+        # it maps the config class to whichever LLaDA class was registered first in this
+        # process, which may be another folder's (unrepaired) copy of the same code.
         cls = remote_class(folder, raw, AUTO_CLASSES)
         ensure_post_init(cls)
         tolerate_tie_weights_arguments(cls)
-        auto = AutoModelForCausalLM if "AutoModelForCausalLM" in (raw.get("auto_map") or {}) else AutoModel
+        # Saving copies the model code into the checkpoint, as the hub folder has it.
+        cls.register_for_auto_class(next(a for a in AUTO_CLASSES if a in (raw.get("auto_map") or {})))
         kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
-        return auto.from_pretrained(folder, config=config, dtype=dtype, trust_remote_code=True, **kwargs)
+        return cls.from_pretrained(folder, config=config, dtype=dtype, **kwargs)
 
     def mask_token_id(self, tokenizer: Any, config: Any) -> int:
         try:

@@ -47,7 +47,9 @@ def ensure_post_init(cls: type[nn.Module]) -> type[nn.Module]:
     never calls it fails inside ``from_pretrained``. The patch lives on the in-memory class
     only, and is applied once.
     """
-    if getattr(cls, "_sink_modifier_post_init", False):
+    # The marker sits on the wrapper itself, so code that restores the original __init__
+    # (the class object is shared by every load of the same module) is noticed.
+    if getattr(cls.__init__, "_sink_modifier_post_init", False):
         return cls
     original_init = cls.__init__
 
@@ -56,8 +58,8 @@ def ensure_post_init(cls: type[nn.Module]) -> type[nn.Module]:
         if not hasattr(self, "all_tied_weights_keys"):
             self.post_init()
 
+    __init__._sink_modifier_post_init = True
     cls.__init__ = __init__
-    cls._sink_modifier_post_init = True
     return cls
 
 
