@@ -122,3 +122,12 @@ def rows_loader(ids: torch.Tensor, batch_size: int = 1) -> torch.utils.data.Data
 
 def requires_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is not present (../shared beside the repo)")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread: on 2 (shared) cores threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,13 +11,7 @@ from tests.conftest import MASK_ID, TINY_DLM, VOCAB, requires_shared
 EOS = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: intra-op threads spin against each other and make tiny forwards 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

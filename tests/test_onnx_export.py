@@ -17,12 +17,7 @@ from sink_modifier.export.onnx_export import ONNX_FILE, ONNX_METADATA_FILE, expo
 from sink_modifier.generation.onnx_runtime import OnnxDenoiser  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
