@@ -79,6 +79,9 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_memory import reset_peak_rss, rss_mib  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RESULTS = REPO / "benchmarks" / "results"
@@ -444,23 +447,6 @@ def log(message: str) -> None:
 
 def loadavg() -> float:
     return os.getloadavg()[0]
-
-
-def rss_mib(field_name: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def model_dir(work: Path, hidden: int, max_len: int) -> Path:

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # llm-compressor's per-layer progress bars
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_memory import peak_rss_mib, reset_peak_rss, rss_mib, ru_maxrss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -398,44 +400,7 @@ def summarize(quality: dict, specs: list[Sparsity], seeds: list[int]) -> dict:
 
 
 # -- cost ---------------------------------------------------------------------------------------
-def current_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def ru_maxrss_mib() -> float:
-    """``getrusage`` peak RSS. In a child started by fork+exec it also counts the parent's RSS at
-    fork time (the kernel folds the pre-exec image into it), so it is recorded but not used."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def peak_rss_mib() -> float:
-    """Peak RSS of this process image (``VmHWM``); falls back to ``ru_maxrss`` off Linux."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return ru_maxrss_mib()
-
-
-def reset_peak_rss() -> bool:
-    """Restart the peak-RSS counter ``VmHWM`` (Linux >= 4.0); False if unsupported.
-
-    Without it the child's peak could be set by the transient of loading the model and
-    libraries rather than by the pruner.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
+current_rss_mib = rss_mib  # VmRSS now
 
 
 def cost_child(args) -> None:
