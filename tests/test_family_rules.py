@@ -150,3 +150,15 @@ def test_cli_refuses_remote_code_without_the_flag(tmp_path, text_file, capsys):
     code = main(["eval", "--model", str(folder), "--data", str(text_file), "--num-windows", "2", "--seq-len", "16"])
     assert code == 2
     assert "--trust-remote-code" in capsys.readouterr().err
+
+
+def test_diffusion_gemma_generates_with_its_own_sampler(tmp_path, capsys):
+    from tests.family_models.diffusion_gemma import build_diffusion_gemma_checkpoint
+
+    folder = build_diffusion_gemma_checkpoint(tmp_path / "dg")
+    code = main(["generate", "--model", str(folder), "--prompt", "w5 w6 w7", "--gen-length", "8",
+                 "--steps", "8", "--block-length", "8", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["token_ids"]) == 8
+    assert result["forward_passes"] == 0  # not LLaDA's mask-token sampler: transformers' block diffusion

@@ -158,6 +158,12 @@ class ModelFamily:
         """
         return {}
 
+    # -- generation ------------------------------------------------------------------
+    def native_generate(self, model: nn.Module, prompt_ids: torch.LongTensor, gen_length: int):
+        """The family's own sampler, for families whose forward process is not masking; ``None``
+        (the default) means :func:`sink_modifier.generation.generate` (LLaDA's remasking sampler)."""
+        return None
+
     # -- pruning ---------------------------------------------------------------------
     def pruning_ignore(self, model: nn.Module) -> list[str]:
         """Modules every recipe must leave alone: the output head, and any text-blind modules.

@@ -164,6 +164,15 @@ class DiffusionGemmaFamily(ModelFamily):
             "trailing_keys": True,
         }
 
+    # -- generation ------------------------------------------------------------------
+    def native_generate(self, model: nn.Module, prompt_ids: torch.LongTensor, gen_length: int) -> torch.LongTensor:
+        """transformers' own block-diffusion sampler (entropy-bounded renoising of a uniform
+        canvas, one canvas of ``canvas_length`` at a time): LLaDA's mask-token sampler does not
+        apply to a model trained on uniform noise."""
+        output = model.generate(prompt_ids, max_new_tokens=gen_length)
+        sequences = getattr(output, "sequences", output)
+        return sequences[:, : prompt_ids.shape[1] + gen_length]
+
     # -- pruning ---------------------------------------------------------------------
     def pruning_ignore(self, model: nn.Module) -> list[str]:
         return output_head_patterns(model) + [ENCODER_TEXT, *TEXT_BLIND, *KEPT_DENSE]

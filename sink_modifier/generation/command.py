@@ -81,6 +81,7 @@ class GenerationModel:
     logits_fn: Callable | None = None
     logit_shift: int = 0
     eos_token_id: int | None = None
+    native: Callable | None = None  # (prompt_ids, gen_length) -> ids, or None: use our sampler
 
 
 def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool = False,
@@ -107,7 +108,17 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
         )
     model, chosen = loaded.model, loaded.family
     return GenerationModel(model, loaded.tokenizer, loaded.mask_token_id,
-                           logits_fn=lambda ids: chosen.logits(model, ids), logit_shift=chosen.logit_shift)
+                           logits_fn=lambda ids: chosen.logits(model, ids), logit_shift=chosen.logit_shift,
+                           native=_native_sampler(model, chosen))
+
+
+def _native_sampler(model, family):
+    """The family's own sampler when it has one (``ModelFamily.native_generate`` overridden)."""
+    from sink_modifier.families import ModelFamily
+
+    if type(family).native_generate is ModelFamily.native_generate:
+        return None
+    return lambda prompt_ids, gen_length: family.native_generate(model, prompt_ids, gen_length)
 
 
 def run_generate(args) -> int:
@@ -123,6 +134,8 @@ def run_generate(args) -> int:
     prompt_ids = loaded.tokenizer(args.prompt, return_tensors="pt").input_ids
     if prompt_ids.shape[1] == 0:
         raise ValueError("the prompt is empty after tokenization; pass some text with --prompt")
+    if loaded.native is not None:
+        return _report(args, loaded, native_result(loaded, prompt_ids, args.gen_length))
     result = generate_with_stats(
         loaded.model, prompt_ids, mask_token_id=loaded.mask_token_id, gen_length=args.gen_length,
         steps=args.steps, block_length=args.block_length, temperature=args.temperature,
@@ -130,6 +143,24 @@ def run_generate(args) -> int:
         eos_token_id=loaded.eos_token_id, generator=torch.Generator().manual_seed(args.seed),
         logits_fn=loaded.logits_fn,
     )
+    return _report(args, loaded, result)
+
+
+def native_result(loaded: GenerationModel, prompt_ids, gen_length: int):
+    """Time the family's own sampler (see ``ModelFamily.native_generate``) like ``generate_with_stats``."""
+    import time
+
+    from sink_modifier.generation.sampler import GenerationResult
+
+    start = time.perf_counter()
+    sequences = loaded.native(prompt_ids, gen_length)
+    seconds = time.perf_counter() - start
+    return GenerationResult(sequences=sequences, prompt_length=prompt_ids.shape[1],
+                            new_tokens=int(sequences.shape[0] * (sequences.shape[1] - prompt_ids.shape[1])),
+                            forward_passes=0, seconds=seconds)
+
+
+def _report(args, loaded: GenerationModel, result) -> int:
     completion = loaded.tokenizer.decode(result.generated[0], skip_special_tokens=False)
     if args.json:
         print(json.dumps({
@@ -140,5 +171,6 @@ def run_generate(args) -> int:
     else:
         print(args.prompt + completion)
         print(f"-- {result.new_tokens} tokens in {result.seconds:.2f} s: {result.tokens_per_second:.1f} tokens/s "
-              f"({result.forward_passes} forward passes{', ONNX Runtime' if args.onnx else ''})")
+              + (f"({result.forward_passes} forward passes{', ONNX Runtime' if args.onnx else ''})"
+                 if loaded.native is None else "(the family's own sampler)"))
     return 0
