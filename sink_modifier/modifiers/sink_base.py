@@ -98,6 +98,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     _token_weights: dict[int, torch.Tensor | None] = PrivateAttr(default_factory=dict)
     _pending_attention_mask: torch.Tensor | None = PrivateAttr(default=None)
     _pending_call: dict | None = PrivateAttr(default=None)
+    _model_family: object | None = PrivateAttr(default=None)
     _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
 
     # -- validation (fails at recipe load, naming the field) ------------------------
@@ -154,6 +155,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     def on_initialize(self, state: State, **kwargs) -> bool:
         super().on_initialize(state, **kwargs)
         self._model = state.model
+        self._model_family = None  # detected on first use, for this model
         if self._input_embedding() is None:
             raise ValueError(
                 f"{type(state.model).__name__} has no input embedding (get_input_embeddings() "
@@ -191,10 +193,12 @@ class SinkAwareSparsityBase(SparsityModifierBase):
 
     # -- sink weights per batch -------------------------------------------------------
     def _family(self):
-        """The model family's sink-pass rules (:mod:`sink_modifier.families`), detected from the config."""
-        from sink_modifier.families import family_of_model
+        """The model family's sink-pass rules (:mod:`sink_modifier.families`), detected once from the config."""
+        if self._model_family is None:
+            from sink_modifier.families import family_of_model
 
-        return family_of_model(self._model)
+            self._model_family = family_of_model(self._model)
+        return self._model_family
 
     def _input_embedding(self) -> torch.nn.Module | None:
         # Default get_input_embeddings(); DiffusionGemma: the decoder's (canvas) embedding.
