@@ -477,7 +477,7 @@ def calibration_rows(T: int, windows: int, seed: int = 0):
     """``windows`` random token windows noised at the 10 LLaDA timesteps: ``[windows*10, T]``."""
     import torch
 
-    from sink_modifier.diffusion import LLADA_TIMESTEPS, noise_windows
+    from sink_modifier.process import LLADA_TIMESTEPS, noise_windows
 
     gen = torch.Generator().manual_seed(seed)
     clean = torch.randint(3, VOCAB, (windows, T), generator=gen)

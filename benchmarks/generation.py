@@ -72,7 +72,7 @@ def parse_args(argv=None):
 
 
 def prompts(tokenizer, num: int, length: int) -> list[list[int]]:
-    from sink_modifier.diffusion import load_documents
+    from sink_modifier.data import load_documents
 
     docs = [d for d in load_documents(HELDOUT) if len(d) > 400]
     picked = [docs[i * len(docs) // num] for i in range(num)]

@@ -150,7 +150,7 @@ def load_model():
 
 def heldout_windows(tokenizer, num_windows: int) -> torch.Tensor:
     """The fixed evaluation windows ``[num_windows, SEQ_LEN]``, drawn once per process."""
-    from sink_modifier.diffusion import load_documents, token_windows
+    from sink_modifier.data import load_documents, token_windows
 
     return token_windows(load_documents(HELDOUT), tokenizer, SEQ_LEN, num_windows, seed=EVAL_WINDOW_SEED)
 
@@ -161,7 +161,7 @@ def noised_set(clean: torch.Tensor, tokenizer, config, seed: int):
     Row ``(s, j)`` is noised by its own generator of ``(seed, s, j)``, so the set built from the
     first k windows equals the first 10 k rows of the set built from more.
     """
-    from sink_modifier.diffusion import build_diffusion_calibration
+    from sink_modifier.process import build_diffusion_calibration
 
     return build_diffusion_calibration(
         clean, tokenizer, seq_len=SEQ_LEN, num_samples=int(clean.shape[0]), seed=seed, config=config
@@ -174,7 +174,7 @@ def calibration_sets(args, tokenizer) -> tuple[dict, object]:
     The corpus is read once and tokenized once per seed (``token_windows`` picks windows by seed;
     the first k windows of a seed do not depend on how many are drawn).
     """
-    from sink_modifier.diffusion import load_documents, token_windows
+    from sink_modifier.data import load_documents, token_windows
 
     config = load_model().config
     corpus = load_documents(CORPUS, max_chars=args.corpus_chars)
@@ -269,7 +269,7 @@ def calibration_rows(method: Method, cal) -> torch.Tensor:
 # -- evaluation -----------------------------------------------------------------------------------
 def evaluate(model, windows: torch.Tensor, mask_token_id: int, args) -> dict:
     """NELBO (+ per-window values) and masked CE at ``CE_RATIO`` on the fixed held-out windows."""
-    from sink_modifier.evaluation import masked_cross_entropy, nelbo
+    from sink_modifier.scoring import masked_cross_entropy, nelbo
 
     start = time.perf_counter()
     bound = nelbo(

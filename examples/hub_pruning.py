@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sink_modifier.evaluation.checkpoint import evaluate_checkpoint
-from sink_modifier.prune import prune_checkpoint
+from sink_modifier.commands.evaluate import evaluate_checkpoint
+from sink_modifier.commands.prune import prune_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sink_modifier  # noqa: F401  (registers the modifiers for YAML recipes)
-from sink_modifier.diffusion import LLADA_TIMESTEPS, build_diffusion_calibration
-from sink_modifier.diffusion.sharding import calibration_fingerprint, shard_bounds, shard_calibration
+from sink_modifier.process import LLADA_TIMESTEPS, build_diffusion_calibration
+from sink_modifier.process.sharding import calibration_fingerprint, shard_bounds, shard_calibration
 from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
 
 REPO = Path(__file__).resolve().parents[1]

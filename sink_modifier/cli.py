@@ -1,7 +1,7 @@
 """``sink-modifier``: prune, evaluate, verify and analyze diffusion LMs from the command line.
 
-Argument parsing and wiring only; the work is in :mod:`sink_modifier.prune`,
-:mod:`sink_modifier.evaluation.checkpoint` and :mod:`sink_modifier.export.verify`.
+Argument parsing and wiring only; the work is in :mod:`sink_modifier.commands.prune`,
+:mod:`sink_modifier.commands.evaluate` and :mod:`sink_modifier.export.verify`.
 Exit codes: 0 success, 1 ``verify`` found a problem, 2 usage or input error.
 """
 
@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from sink_modifier.diagnostics.command import add_analyze_parser, run_analyze
-from sink_modifier.export.onnx_command import add_export_onnx_parser, run_export_onnx
-from sink_modifier.generation.command import add_generate_parser, run_generate
+from sink_modifier.commands.analyze import add_analyze_parser, run_analyze
+from sink_modifier.commands.export_onnx import add_export_onnx_parser, run_export_onnx
+from sink_modifier.commands.generate import add_generate_parser, run_generate
 from sink_modifier.loading import DTYPES
 
 __all__ = ["main"]
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_prune(args) -> int:
-    from sink_modifier.prune import prune_checkpoint
+    from sink_modifier.commands.prune import prune_checkpoint
 
     result = prune_checkpoint(
         args.model, args.recipe, args.data, args.output,
@@ -107,7 +107,7 @@ def _run_prune(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from sink_modifier.evaluation.checkpoint import evaluate_checkpoint
+    from sink_modifier.commands.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.model, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,

@@ -16,9 +16,10 @@ from sink_modifier.diagnostics import (
     is_punctuation,
     prefix_lengths,
 )
-from sink_modifier.diagnostics.command import ANALYSIS_FILE, add_analyze_parser, run_analyze
+from sink_modifier.commands.analyze import ANALYSIS_FILE, add_analyze_parser, run_analyze
 from sink_modifier.diagnostics.trajectory import _masked_position_stability
-from sink_modifier.diffusion import load_documents, noise_windows, token_windows
+from sink_modifier.data import load_documents, token_windows
+from sink_modifier.process import noise_windows
 from sink_modifier.loading import load_model, load_tokenizer
 from sink_modifier.sinks import global_attention_mass
 from sink_modifier.sinks.per_layer import per_layer_attention_mass

@@ -12,21 +12,8 @@ import datasets
 import pytest
 import torch
 
-from sink_modifier.diffusion import (
-    LLADA_TIMESTEPS,
-    DiffusionCalibrationSet,
-    build_diffusion_calibration,
-    check_seq_len,
-    is_diffusion_config,
-    load_documents,
-    mask_probability,
-    noise_tokens,
-    noise_windows,
-    resolve_mask_token_id,
-    row_generator,
-    timestep_grid,
-    token_windows,
-)
+from sink_modifier.process import LLADA_TIMESTEPS, DiffusionCalibrationSet, build_diffusion_calibration, is_diffusion_config, mask_probability, noise_tokens, noise_windows, resolve_mask_token_id, row_generator, timestep_grid
+from sink_modifier.data import check_seq_len, load_documents, token_windows
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 TINY_DLM = SHARED / "models" / "tiny-dlm"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sink_modifier.diffusion.noising import mask_probability, row_generator
-from sink_modifier.diffusion.prompt_canvas import canvas_size, noise_canvases, split_prompt_canvas
-from sink_modifier.diffusion.uniform_noise import uniform_noise_tokens
-from sink_modifier.evaluation.corruption import UniformCorruption
+from sink_modifier.process.noising import mask_probability, row_generator
+from sink_modifier.process.prompt_canvas import canvas_size, noise_canvases, split_prompt_canvas
+from sink_modifier.process.uniform_noise import uniform_noise_tokens
+from sink_modifier.process.corruption import UniformCorruption
 from sink_modifier.families import FAMILIES, family_of_model
 from sink_modifier.sinks import global_attention_mass
 from tests.family_models.diffusion_gemma import CANVAS_LENGTH, tiny_diffusion_gemma_model

@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sink_modifier import SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier
-from sink_modifier.diffusion import build_diffusion_calibration
-from sink_modifier.diffusion.sharding import calibration_fingerprint, shard_bounds, shard_calibration
+from sink_modifier.process import build_diffusion_calibration
+from sink_modifier.process.sharding import calibration_fingerprint, shard_bounds, shard_calibration
 from tests.conftest import VOCAB, tiny_llama_config, word_tokenizer
 
 TIMESTEPS = (0.3, 0.6, 0.9)

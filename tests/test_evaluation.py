@@ -11,15 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sink_modifier.evaluation import (
-    NelboResult,
-    evaluate_model,
-    fixed_ratio_masks,
-    masked_cross_entropy,
-    nelbo,
-    nelbo_masks,
-    perplexity,
-)
+from sink_modifier.scoring import NelboResult, evaluate_model, fixed_ratio_masks, masked_cross_entropy, nelbo, nelbo_masks, perplexity
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_DLM = SHARED / "models" / "tiny-dlm"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sink_modifier.cli import main
-from sink_modifier.diffusion import build_diffusion_calibration
+from sink_modifier.process import build_diffusion_calibration
 from sink_modifier.families import FAMILIES, detect_family, get_family, load_pretrained
 from sink_modifier.families.dream import boolean_attention_mask
 from sink_modifier.families.rotary import default_rope_parameters

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sink_modifier import SinkAwareWandaPruningModifier
-from sink_modifier.diffusion import noise_windows
+from sink_modifier.process import noise_windows
 from sink_modifier.sinks.stability import (
     apply_sink_policy,
     dominant_sink_movement,

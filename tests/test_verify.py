@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from sink_modifier.cli import main
 from sink_modifier.export import METADATA_FILE
 from sink_modifier.export.verify import VerifyReport, load_checkpoint, verify_checkpoint
-from sink_modifier.prune import prune_checkpoint
+from sink_modifier.commands.prune import prune_checkpoint
 from tests.conftest import REPO, VOCAB
 
 RECIPE_2OF4 = REPO / "recipes" / "sink_wanda_2of4.yaml"

@@ -32,7 +32,6 @@ The result is a JSON-able dict (NaN written as ``None``); :mod:`.figures` draws 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import string
@@ -42,12 +41,8 @@ from typing import Any, Iterable
 
 import torch
 
-from sink_modifier.diffusion import (
-    LLADA_TIMESTEPS,
-    is_diffusion_config,
-    noise_windows,
-    resolve_mask_token_id,
-)
+from sink_modifier.data.keyed_random import digest_hex
+from sink_modifier.process import LLADA_TIMESTEPS, is_diffusion_config, noise_windows, resolve_mask_token_id
 from sink_modifier.sinks.detection import soft_sink_mask
 from sink_modifier.sinks.per_layer import per_layer_attention_mass
 from sink_modifier.sinks.stability import apply_sink_policy, dominant_sink_movement, dominant_sinks
@@ -425,7 +420,7 @@ def analyze_sink_dynamics(
         "top_k": top_k,
         "special_token_ids": specials,
         "stability_thresholds": {"unstable_std": UNSTABLE_STD, "stable_mean": STABLE_MEAN},
-        "windows_digest": hashlib.blake2b(windows.numpy().tobytes(), digest_size=8).hexdigest(),
+        "windows_digest": digest_hex(windows.numpy().tobytes()),
         "samples_with_mass": min(store_mass_samples, num_windows),
         "samples_with_layer_mass": min(store_layer_samples, num_windows),
         "aggregate": aggregate,

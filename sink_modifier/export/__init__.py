@@ -1,6 +1,6 @@
 """Saving pruned models: atomic checkpoints, the sparsity they really have, ONNX export."""
 
-from sink_modifier.export.checkpoint import (
+from sink_modifier.export.atomic import (
     METADATA_FILE,
     OutputExistsError,
     check_output_dir,

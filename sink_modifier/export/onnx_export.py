@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sink_modifier.export.checkpoint import check_output_dir, write_atomically
+from sink_modifier.export.atomic import check_output_dir, write_atomically
 
 __all__ = [
     "ONNX_FILE", "ONNX_METADATA_FILE", "OnnxExportResult", "export_onnx", "load_for_export", "read_export_metadata",
@@ -261,7 +261,7 @@ def _umask() -> int:
 
 
 def _runtime_facts(config) -> dict[str, str]:
-    from sink_modifier.diffusion import resolve_mask_token_id
+    from sink_modifier.process import resolve_mask_token_id
 
     facts = {"sink_modifier.logits": "input_ids [batch, seq_len] -> logits [batch, seq_len, vocab]"}
     try:
@@ -285,7 +285,7 @@ def _metadata(model: nn.Module, source: Path | None, result: dict, seconds: floa
     import onnx
     import onnxscript
 
-    from sink_modifier.diffusion import resolve_mask_token_id
+    from sink_modifier.process import resolve_mask_token_id
 
     config = getattr(model, "config", None)
     try:

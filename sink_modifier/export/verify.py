@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from sink_modifier.export.checkpoint import METADATA_FILE
+from sink_modifier.export.atomic import METADATA_FILE
 from sink_modifier.export.sparsity import is_n_m_sparse
 from sink_modifier.families.loading import load_family_model
 from sink_modifier.loading import load_checkpoint, quantization_config

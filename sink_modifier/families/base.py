@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sink_modifier.diffusion.mask_token import resolve_mask_token_id
+from sink_modifier.process.mask_token import resolve_mask_token_id
 
 __all__ = ["ModelFamily", "output_head_patterns"]
 
@@ -125,7 +125,7 @@ class ModelFamily:
         The default is masked diffusion (the mask token at the ``maskable`` positions), or clean
         windows for a causal model (``timesteps == (0.0,)``).
         """
-        from sink_modifier.diffusion import build_diffusion_calibration
+        from sink_modifier.process import build_diffusion_calibration
 
         return build_diffusion_calibration(
             data, tokenizer, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps, seed=seed,
@@ -139,7 +139,7 @@ class ModelFamily:
         return calibration.dataloader(batch_size)
 
     def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int):
-        """What evaluation puts at hidden positions (:mod:`sink_modifier.evaluation.corruption`);
+        """What evaluation puts at hidden positions (:mod:`sink_modifier.process.corruption`);
         ``None``: the mask token."""
         return None
 

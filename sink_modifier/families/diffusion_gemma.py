@@ -6,11 +6,11 @@ loads with ``AutoModelForImageTextToText``; ``forward(input_ids=prompt,
 decoder_input_ids=canvas)`` returns logits over the canvas only. The rules here:
 
 * **Split.** A window of ``T`` tokens is a clean prompt (first ``T - C``) and a canvas
-  (last ``C = min(config.canvas_length, T // 2)``), :mod:`sink_modifier.diffusion.prompt_canvas`.
+  (last ``C = min(config.canvas_length, T // 2)``), :mod:`sink_modifier.process.prompt_canvas`.
 * **Noise.** DiffusionGemma has no mask token: its forward process substitutes uniform random
   tokens. Calibration noises the canvas that way at every timestep (prompt clean); evaluation
   hides the same stratified canvas positions as the masked metrics and fills them with
-  uniform tokens (:class:`~sink_modifier.evaluation.corruption.UniformCorruption`). The
+  uniform tokens (:class:`~sink_modifier.process.corruption.UniformCorruption`). The
   "NELBO" of this family is therefore a *denoising cross-entropy* weighted like the LLaDA
   ELBO, not a likelihood bound.
 * **What is pruned.** The encoder's text layers and the decoder's layers share every weight,
@@ -39,7 +39,7 @@ import torch
 from loguru import logger
 from torch import nn
 
-from sink_modifier.diffusion.prompt_canvas import build_prompt_canvas_calibration, canvas_size
+from sink_modifier.process.prompt_canvas import build_prompt_canvas_calibration, canvas_size
 
 from .base import ModelFamily, output_head_patterns
 
@@ -142,7 +142,7 @@ class DiffusionGemmaFamily(ModelFamily):
         )
 
     def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int):
-        from sink_modifier.evaluation.corruption import UniformCorruption
+        from sink_modifier.process.corruption import UniformCorruption
 
         return UniformCorruption(vocab_size=int(_text_config(config).vocab_size), seed=seed)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from sink_modifier.diffusion.mask_token import resolve_mask_token_id
+from sink_modifier.process.mask_token import resolve_mask_token_id
 
 from .base import ModelFamily
 from .remote_code import ensure_post_init, remote_class, require_trust, tolerate_tie_weights_arguments

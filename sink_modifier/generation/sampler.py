@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sink_modifier.evaluation.inference import input_device
+from sink_modifier.scoring.inference import input_device
 
 __all__ = ["REMASKING", "GenerationResult", "generate", "generate_with_stats", "get_num_transfer_tokens"]
 

@@ -38,7 +38,6 @@ the shipped tiny-dlm), ``1`` for Dream-style models where ``logits[:, i - 1]`` d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -51,9 +50,10 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from sink_modifier.diffusion.mask_token import resolve_mask_token_id
-from sink_modifier.evaluation.inference import input_device
-from sink_modifier.evaluation.masks import stratified_counts, window_generator
+from sink_modifier.data.keyed_random import keyed_seed
+from sink_modifier.process.mask_token import resolve_mask_token_id
+from sink_modifier.scoring.inference import input_device
+from sink_modifier.scoring.masks import stratified_counts, window_generator
 
 __all__ = ["DiffusionLM", "elbo_masks", "mc_loglikelihood", "request_key"]
 
@@ -65,11 +65,11 @@ _GENERATE_SALT = "lm_eval:generate"
 
 def request_key(*token_lists: list[int]) -> int:
     """A 63-bit integer naming a request by its token ids (order-sensitive, lists kept apart)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for tokens in token_lists:
-        digest.update(len(tokens).to_bytes(4, "little"))
-        digest.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in tokens))
-    return int.from_bytes(digest.digest(), "little") >> 1
+    return keyed_seed(
+        chunk
+        for tokens in token_lists
+        for chunk in (len(tokens).to_bytes(4, "little"), b"".join(int(t).to_bytes(4, "little", signed=True) for t in tokens))
+    )
 
 
 def elbo_masks(
@@ -79,7 +79,7 @@ def elbo_masks(
 
     Returns ``(masks, counts)``: ``BoolTensor[mc_num, length]`` with exactly ``counts[r]``
     positions set in row ``r``, ``counts`` stratified in groups of ``strata_size`` draws (each
-    group with its own random offset, see :func:`sink_modifier.evaluation.masks.stratified_counts`).
+    group with its own random offset, see :func:`sink_modifier.scoring.masks.stratified_counts`).
     Deterministic in ``(length, mc_num, seed, key, strata_size)``.
     """
     if length < 1:

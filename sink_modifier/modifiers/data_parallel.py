@@ -1,7 +1,7 @@
 """Data-parallel calibration across ``torch.distributed`` ranks (``torchrun``).
 
 Every rank loads the same model and calibrates on its own share of the rows
-(:func:`sink_modifier.diffusion.sharding.shard_calibration`). Before a module is pruned the
+(:func:`sink_modifier.process.sharding.shard_calibration`). Before a module is pruned the
 ranks' statistics are combined, so every rank prunes with the statistic of *all* rows,
 following llm-compressor's distributed GPTQ (``modifiers/gptq/base.py``: Hessians and
 sample counts reduced to the rank that compresses the module, results broadcast):
@@ -34,12 +34,13 @@ exactly what they do in one process.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from compressed_tensors.offload import update_offload_parameter
+
+from sink_modifier.data.keyed_random import keyed_seed
 
 __all__ = [
     "all_gather_int64",
@@ -76,8 +77,7 @@ def all_gather_int64(value: int) -> list[int]:
 
 def check_same_modules(names: Sequence[str], what: str) -> None:
     """Fail clearly (instead of hanging in a collective) if ranks calibrated different modules."""
-    digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8).digest()
-    everyone = all_gather_int64(int.from_bytes(digest, "little") >> 1)
+    everyone = all_gather_int64(keyed_seed("\n".join(names)))
     if len(set(everyone)) > 1:
         raise RuntimeError(
             f"{what}: ranks calibrated different modules ({len(names)} here on rank "

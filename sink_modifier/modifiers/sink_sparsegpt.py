@@ -30,7 +30,6 @@ float64`` removes that difference (see the parameter).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 import torch
@@ -46,7 +45,8 @@ from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import (
     sparsify_weight,
 )
 
-from sink_modifier.diffusion import LLADA_TIMESTEPS, noise_tokens, row_generator
+from sink_modifier.data.keyed_random import keyed_seed, tensor_bytes
+from sink_modifier.process import LLADA_TIMESTEPS, noise_tokens, row_generator
 from sink_modifier.modifiers.data_parallel import (
     broadcast_weight,
     check_same_modules,
@@ -246,5 +246,4 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
 
 def _row_key(row: torch.Tensor) -> int:
     """A stable integer per token sequence, so reference noise ignores batch size and order."""
-    digest = hashlib.blake2b(row.detach().cpu().to(torch.int64).numpy().tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2
+    return keyed_seed(tensor_bytes(row)) >> 1

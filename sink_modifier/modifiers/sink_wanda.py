@@ -59,7 +59,7 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     Under ``torchrun`` (an initialised process group with several ranks) each rank keeps its
     batches' column contributions; before pruning a module they are all-gathered and folded
     in rank order on every rank, so with contiguous shares
-    (:func:`sink_modifier.diffusion.sharding.shard_calibration`) the statistic is
+    (:func:`sink_modifier.process.sharding.shard_calibration`) the statistic is
     bit-identical to one process calibrating on all rows, and every rank computes the same
     masks. Sink masks are per row and computed on the rank that holds the row: nothing to
     combine. See :mod:`sink_modifier.modifiers.data_parallel`.

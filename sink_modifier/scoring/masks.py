@@ -25,9 +25,9 @@ of ``maskable`` (e.g. to keep a prompt or a BOS token visible).
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from sink_modifier.data.keyed_random import keyed_generator
 
 __all__ = ["fixed_ratio_masks", "nelbo_masks", "stratified_counts", "window_generator"]
 
@@ -38,9 +38,7 @@ def window_generator(seed: int, index: int, salt: str) -> torch.Generator:
     A cryptographic hash (rather than e.g. ``seed + index``) keeps streams of neighbouring
     seeds/windows/salts unrelated, so seed 0 window 1 does not equal seed 1 window 0.
     """
-    key = f"sink_modifier.evaluation:{int(seed)}:{int(index)}:{salt}".encode()
-    digest = hashlib.blake2b(key, digest_size=8).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") >> 1)
+    return keyed_generator(f"sink_modifier.evaluation:{int(seed)}:{int(index)}:{salt}")
 
 
 def _maskable_positions(

@@ -13,11 +13,12 @@ mask does not depend on batch size, row order or how many samples are built.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 
 import torch
+
+from sink_modifier.data.keyed_random import keyed_generator
 
 __all__ = [
     "LLADA_TIMESTEPS",
@@ -91,10 +92,7 @@ def row_generator(seed: int, sample_index: int, timestep_index: int) -> torch.Ge
         raise ValueError(
             f"sample_index and timestep_index must be >= 0, got {sample_index}, {timestep_index}"
         )
-    key = f"sink_modifier.diffusion.row:{seed}:{sample_index}:{timestep_index}".encode()
-    digest = hashlib.blake2b(key, digest_size=8).digest()
-    row_seed = int.from_bytes(digest, "little") & ((1 << 63) - 1)
-    return torch.Generator(device="cpu").manual_seed(row_seed)
+    return keyed_generator(f"sink_modifier.diffusion.row:{seed}:{sample_index}:{timestep_index}", keep="low")
 
 
 def noise_tokens(

@@ -25,11 +25,12 @@ ranks hold the same set and refuses otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 import torch.distributed as dist
+
+from sink_modifier.data.keyed_random import keyed_seed, tensor_bytes
 
 from .calibration import DiffusionCalibrationSet
 
@@ -52,11 +53,11 @@ def shard_bounds(num_windows: int, rank: int, world_size: int) -> tuple[int, int
 
 def calibration_fingerprint(cal: DiffusionCalibrationSet) -> int:
     """A 63-bit digest of the rows, timesteps and seed (equal sets give equal fingerprints)."""
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(cal.input_ids.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    digest.update(cal.attention_mask.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    digest.update(repr((cal.timesteps, cal.seed, cal.eps, cal.mask_token_id)).encode())
-    return int.from_bytes(digest.digest(), "little") >> 1
+    return keyed_seed([
+        tensor_bytes(cal.input_ids),
+        tensor_bytes(cal.attention_mask),
+        repr((cal.timesteps, cal.seed, cal.eps, cal.mask_token_id)).encode(),
+    ])
 
 
 def shard_calibration(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .masks import window_generator
+from sink_modifier.data.keyed_random import keyed_generator
 
 __all__ = ["MaskTokenCorruption", "UniformCorruption"]
 
@@ -46,7 +46,7 @@ class UniformCorruption:
         """``[len(rows), length]`` replacement tokens; row ``r`` depends only on ``(seed, r, stream)``."""
         return torch.stack(
             [
-                torch.randint(0, self.vocab_size, (length,), generator=window_generator(self.seed, int(r), f"uniform:{stream}"))
+                torch.randint(0, self.vocab_size, (length,), generator=keyed_generator(f"sink_modifier.evaluation:{int(self.seed)}:{int(r)}:uniform:{stream}"))
                 for r in rows.tolist()
             ]
         )

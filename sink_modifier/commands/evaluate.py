@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sink_modifier.diffusion import load_documents, max_sequence_length, token_windows
-from sink_modifier.evaluation.evaluate import evaluate_model
+from sink_modifier.data import load_documents, max_sequence_length, token_windows
+from sink_modifier.scoring.evaluate import evaluate_model
 from sink_modifier.families import load_pretrained
 
 __all__ = ["evaluate_checkpoint"]

@@ -88,7 +88,7 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
                         trust_remote_code: bool = False, threads: int | None = None,
                         family: str | None = None) -> GenerationModel:
     """Load a model folder (or an ONNX export folder) with its tokenizer and mask id."""
-    from sink_modifier.diffusion import resolve_mask_token_id
+    from sink_modifier.process import resolve_mask_token_id
     from sink_modifier.loading import load_tokenizer
 
     if onnx:

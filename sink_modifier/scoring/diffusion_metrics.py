@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from .inference import eval_mode, input_device
 
-from .corruption import MaskTokenCorruption
+from sink_modifier.process.corruption import MaskTokenCorruption
 from .masks import fixed_ratio_masks, nelbo_masks
 
 __all__ = ["NelboResult", "masked_cross_entropy", "nelbo"]

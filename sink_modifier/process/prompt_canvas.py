@@ -11,7 +11,7 @@ tokens after it. A calibration window of ``T`` tokens is therefore split at a fi
   (:mod:`.uniform_noise`), the model's own forward process.
 
 Row ``s * K + j`` is window ``s`` at ``timesteps[j]`` (sample-major, like
-:class:`~sink_modifier.diffusion.calibration.DiffusionCalibrationSet`), noised with
+:class:`~sink_modifier.process.calibration.DiffusionCalibrationSet`), noised with
 ``row_generator(seed, s, j)``: a row's noise depends only on its coordinates.
 """
 
@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .calibration import _check_int, _given_windows, _validate_timesteps
-from .documents import DocumentSource, load_documents
+from sink_modifier.data.documents import DocumentSource, load_documents
 from .noising import LLADA_TIMESTEPS, mask_probability, row_generator
 from .uniform_noise import uniform_noise_tokens
-from .windows import check_seq_len, token_windows
+from sink_modifier.data.windows import check_seq_len, token_windows
 
 __all__ = ["PromptCanvasCalibrationSet", "build_prompt_canvas_calibration", "canvas_size", "split_prompt_canvas"]
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from sink_modifier.diffusion import LLADA_TIMESTEPS, max_sequence_length
+from sink_modifier.process import LLADA_TIMESTEPS
+from sink_modifier.data import max_sequence_length
 from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
 from sink_modifier.families import ModelFamily, load_pretrained
 from sink_modifier.loading import load_checkpoint

@@ -29,10 +29,10 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from .documents import DocumentSource, load_documents
+from sink_modifier.data.documents import DocumentSource, load_documents
 from .mask_token import resolve_mask_token_id
 from .noising import LLADA_TIMESTEPS, mask_probability, noise_tokens, row_generator
-from .windows import check_seq_len, token_windows
+from sink_modifier.data.windows import check_seq_len, token_windows
 
 __all__ = ["DiffusionCalibrationSet", "build_diffusion_calibration", "noise_windows"]
 

@@ -2,7 +2,7 @@
 
 Wired into :mod:`sink_modifier.cli` with::
 
-    from sink_modifier.diagnostics.command import add_analyze_parser, run_analyze
+    from sink_modifier.commands.analyze import add_analyze_parser, run_analyze
     add_analyze_parser(commands)            # in build_parser()
     "analyze": run_analyze                  # in main()'s dispatch table
 
@@ -130,7 +130,7 @@ def analyze_models(
     from transformers import AutoConfig
 
     from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS, analyze_sink_dynamics
-    from sink_modifier.diffusion import check_seq_len, load_documents, max_sequence_length, token_windows
+    from sink_modifier.data import check_seq_len, load_documents, max_sequence_length, token_windows
     from sink_modifier.families import load_pretrained
     from sink_modifier.loading import _check_folder
 
