@@ -119,7 +119,7 @@ def gpu_2of4(settings, prompt_list, mask_id) -> dict:
         msg = "no CUDA GPU: dense vs 2:4 generation speed skipped (2:4 kernels need an NVIDIA GPU, sm80+)"
         print(msg)
         return {"skipped": msg}
-    from sink_modifier.loading import load_model
+    from sink_modifier.families import load_pretrained
     from sink_modifier.runtime import accelerate_2of4
 
     def two_of_four(model):
@@ -132,8 +132,8 @@ def gpu_2of4(settings, prompt_list, mask_id) -> dict:
         return model
 
     out = {}
-    dense = two_of_four(load_model(TINY_DLM, dtype="float16")).cuda()
-    sparse = two_of_four(load_model(TINY_DLM, dtype="float16")).cuda()
+    dense = two_of_four(load_pretrained(TINY_DLM, dtype="float16").model).cuda()
+    sparse = two_of_four(load_pretrained(TINY_DLM, dtype="float16").model).cuda()
     report = accelerate_2of4(sparse, min_features=0, dtype=torch.float16)
     out["acceleration"] = report.summary()
     gpu_settings = dict(settings, gen_length=128, steps=128, block_length=32)
@@ -202,7 +202,7 @@ def _clean(text: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from sink_modifier.loading import load_model, load_tokenizer
+    from sink_modifier.families import load_pretrained, load_tokenizer
 
     torch.set_num_threads(args.threads)
     ensure_pruned(args.pruned, args.threads)
@@ -210,8 +210,8 @@ def main(argv=None) -> int:
     mask_id = tokenizer.mask_token_id
     prompt_list = prompts(tokenizer, args.num_prompts, args.prompt_tokens)
     settings = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length)
-    runs = [run("dense", load_model(TINY_DLM, dtype="float32"), prompt_list, settings, mask_id),
-            run("sink50", load_model(args.pruned, dtype="float32"), prompt_list, settings, mask_id)]
+    runs = [run("dense", load_pretrained(TINY_DLM, dtype="float32").model, prompt_list, settings, mask_id),
+            run("sink50", load_pretrained(args.pruned, dtype="float32").model, prompt_list, settings, mask_id)]
     if not args.no_onnx:
         from sink_modifier.generation.onnx_runtime import OnnxDenoiser
 

@@ -128,7 +128,7 @@ def record(out: Path, only: set[str] | None = None) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
-_VOLATILE = {"versions", "elapsed_s", "wall_s", "seconds", "created", "timestamp", "output", "model", "path",
+_VOLATILE = {"versions", "elapsed_s", "wall_s", "seconds", "tokens_per_second", "created", "timestamp", "output", "model", "path",
              "python", "platform", "torch", "transformers", "llmcompressor"}
 
 

@@ -161,10 +161,11 @@ def noised_set(clean: torch.Tensor, tokenizer, config, seed: int):
     Row ``(s, j)`` is noised by its own generator of ``(seed, s, j)``, so the set built from the
     first k windows equals the first 10 k rows of the set built from more.
     """
-    from sink_modifier.process import build_diffusion_calibration
+    from sink_modifier.process import MaskTokenProcess, build_calibration, resolve_mask_token_id
 
-    return build_diffusion_calibration(
-        clean, tokenizer, seq_len=SEQ_LEN, num_samples=int(clean.shape[0]), seed=seed, config=config
+    return build_calibration(
+        clean, tokenizer, process=MaskTokenProcess(resolve_mask_token_id(tokenizer, config)),
+        seq_len=SEQ_LEN, num_samples=int(clean.shape[0]), seed=seed, config=config,
     )
 
 

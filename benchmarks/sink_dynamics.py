@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sink_modifier.commands.analyze import analyze_models, format_comparison, write_json_atomically
+    from sink_modifier.commands.analyze import analyze_models, format_comparison
+    from sink_modifier.export.atomic import write_json_atomically
     from sink_modifier.diagnostics.figures import model_labels, write_figures
     from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS
 

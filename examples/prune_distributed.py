@@ -26,7 +26,7 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sink_modifier  # noqa: F401  (registers the modifiers for YAML recipes)
-from sink_modifier.process import LLADA_TIMESTEPS, build_diffusion_calibration
+from sink_modifier.process import LLADA_TIMESTEPS, MaskTokenProcess, build_calibration, resolve_mask_token_id
 from sink_modifier.process.sharding import calibration_fingerprint, shard_bounds, shard_calibration
 from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
 
@@ -82,13 +82,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    calibration = build_diffusion_calibration(
-        args.data, tokenizer, seq_len=args.seq_len, num_samples=args.num_samples,
+    calibration = build_calibration(
+        args.data, tokenizer, process=MaskTokenProcess(resolve_mask_token_id(tokenizer, model.config)),
+        seq_len=args.seq_len, num_samples=args.num_samples,
         timesteps=LLADA_TIMESTEPS, seed=args.seed, config=model.config, max_chars=2_000_000,
     )
     shard = shard_calibration(calibration)  # the whole set when not distributed
     batch_size = len(calibration.timesteps)  # one window's noised copies per batch
-    print(f"[rank {rank}/{world_size}] windows {shard.sample_index[::batch_size].tolist()} "
+    print(f"[rank {rank}/{world_size}] windows {shard.window_index[::batch_size].tolist()} "
           f"({len(shard)} of {len(calibration)} rows)", flush=True)
 
     from llmcompressor import oneshot

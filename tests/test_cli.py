@@ -129,3 +129,113 @@ def test_recipe_on_shipped_tiny_dlm_gives_exactly_half_in_every_linear(tmp_path,
     model = AutoModelForCausalLM.from_pretrained(out)
     for name, module in block_linears(model).items():
         assert torch.all((module.weight == 0).sum(1) == module.in_features // 2), name
+
+
+# -- the family chosen by the command reaches the modifiers --------------------------------------
+@pytest.mark.parametrize("family, expected", [(None, "bidirectional"), ("causal", "causal")])
+def test_family_option_reaches_the_sink_modifier(tiny_llama_dir, text_file, tmp_path, monkeypatch, family, expected):
+    """tiny_llama is detected as bidirectional; ``--family causal`` must be the family whose sink-pass
+    rules the modifier runs (and the one recorded), not a re-detection from ``model.config``."""
+    from sink_modifier.families import ModelFamily
+
+    used: list[str] = []
+    original = ModelFamily.sink_pass
+
+    def spy(self, model, token_ids, call_kwargs):
+        used.append(self.name)
+        return original(self, model, token_ids, call_kwargs)
+
+    monkeypatch.setattr(ModelFamily, "sink_pass", spy)
+    args = ["prune", "--model", str(tiny_llama_dir), "--recipe", RECIPE_50, "--data", str(text_file),
+            "--output", str(tmp_path / "o"), "--num-samples", "2", "--seq-len", "16"]
+    assert main(args + (["--family", family] if family else [])) == 0
+    assert used and set(used) == {expected}
+    meta = json.loads((tmp_path / "o" / METADATA_FILE).read_text())
+    assert meta["family"] == expected and meta["calibration"]["diffusion"] is (expected != "causal")
+
+
+# -- shared argument types ------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["prune", "analyze"])
+@pytest.mark.parametrize("timesteps", ["1.5", "-0.1", "x", ","])
+def test_timesteps_outside_zero_one_are_refused_by_every_command(command, timesteps, capsys):
+    from sink_modifier.cli import build_parser
+
+    required = {"prune": ["--recipe", "r", "--output", "o"], "analyze": ["--output", "o"]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--model", "m", "--data", "d", *required, "--timesteps", timesteps])
+    assert exit_info.value.code == 2 and "[0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["prune", "eval", "verify", "analyze", "generate", "export-onnx"])
+def test_every_model_command_takes_family(command):
+    from sink_modifier.cli import build_parser
+    from sink_modifier.families import DTYPES, FAMILIES
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    options = {action.dest: action for action in sub._actions}
+    assert list(options["family"].choices) == list(FAMILIES)
+    if "dtype" in options:
+        assert sorted(options["dtype"].choices) == sorted(DTYPES)
+
+
+# -- a light package import (fresh interpreters) --------------------------------------------------
+def _fresh(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+HEAVY = "sorted(m for m in sys.modules if m.split('.')[0] in ('llmcompressor', 'transformers'))"
+
+
+def test_help_and_families_import_no_llm_compressor():
+    out = _fresh(
+        "import contextlib, io, sys\n"
+        "from sink_modifier.cli import main\n"
+        "for argv in (['--help'], ['families'], ['prune', '--help'], ['analyze', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        f"print({HEAVY})"
+    )
+    assert out == "[]"
+
+
+def test_pure_modules_import_without_llm_compressor():
+    modules = ["sink_modifier", "sink_modifier.data", "sink_modifier.process", "sink_modifier.families",
+               "sink_modifier.sinks", "sink_modifier.scoring", "sink_modifier.sparsity_pattern"]
+    out = _fresh("import sys\n" + "".join(f"import {m}\n" for m in modules) +
+                 "print(sorted(m for m in sys.modules if m.split('.')[0] == 'llmcompressor'))")
+    assert out == "[]"
+
+
+REGISTERED = (
+    "from llmcompressor.modifiers.factory import ModifierFactory\n"
+    "names = ('SinkAwareWandaPruningModifier', 'SinkAwareSparseGPTModifier', 'MaskPreservingGPTQModifier')\n"
+    "print(all(name in ModifierFactory._registered_registry for name in names))"
+)
+
+
+@pytest.mark.parametrize("order", ["import sink_modifier\nimport llmcompressor\n",
+                                   "import llmcompressor\nimport sink_modifier\n",
+                                   "import sink_modifier.data\nimport llmcompressor.modifiers.factory\n"])
+def test_modifiers_register_in_either_import_order(order):
+    assert _fresh(order + REGISTERED).splitlines()[-1] == "True"
+
+
+def test_yaml_recipe_naming_our_modifiers_parses_after_a_light_import():
+    recipe = str(REPO / "recipes" / "sink_wanda_50.yaml")
+    out = _fresh(
+        "import sink_modifier\n"
+        "from llmcompressor.recipe import Recipe\n"
+        f"print([type(m).__name__ for m in Recipe.create_instance({recipe!r}).modifiers])"
+    )
+    assert out.splitlines()[-1] == "['SinkAwareWandaPruningModifier']"
+
+
+def test_modifier_classes_are_importable_from_the_package():
+    out = _fresh("from sink_modifier import SinkAwareWandaPruningModifier as W\nprint(W.__name__)")
+    assert out.splitlines()[-1] == "SinkAwareWandaPruningModifier"

@@ -1,19 +1,32 @@
-"""The analytic cost model of benchmarks/cost.py against hand-computed counts (no model runs)."""
+"""The analytic cost model (benchmarks/cost_model.py) against hand-computed counts (no model runs)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("cost_model", REPO / "benchmarks" / "cost.py")
-cost = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("cost_model", cost)  # dataclasses look their module up
-_spec.loader.exec_module(cost)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    """A benchmarks/ module by path (benchmarks/ is scripts, not a package), registered under its
+    name: dataclasses look their module up, and cost_report imports cost_model by that name."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+cost = _load("cost_model")
+report = _load("cost_report")
 
 # d=8, 2 layers, 2 query heads / 1 kv head of 4, MLP 16, vocab 10
 TINY = cost.ModelShape("tiny", hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, mlp=16, vocab=10, attention="sdpa")
@@ -66,7 +79,7 @@ def test_passes_and_flops_per_procedure():
 
 
 def test_eager_models_reduce_probabilities_without_matmuls():
-    eager = cost.ModelShape(**{**cost.asdict(TINY), "attention": "eager"})
+    eager = cost.ModelShape(**{**asdict(TINY), "attention": "eager"})
     ours = cost.procedure_cost(eager, T, N, K, "ours")
     assert ours["mass_source"] == "probabilities"
     assert ours["flops"]["mass"] == 0
@@ -141,7 +154,7 @@ def test_report_ratios_and_config_loading(tmp_path):
     res = rep["procedures"]["resident"]
     assert res["llmc"]["ratio_vs_llmc"]["flops"] == 1.0
     assert res["ours"]["ratio_vs_llmc"]["flops"] == pytest.approx(187392 / 122880)
-    table = cost.analytic_table(rep)
+    table = report.analytic_table(rep)
     assert "ours, sequential" in table and "onload" in table
 
     path = tmp_path / "config.json"
@@ -156,3 +169,19 @@ def test_report_ratios_and_config_loading(tmp_path):
         cost.resolve_shape(str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="procedure"):
         cost.procedure_cost(TINY, T, N, K, "nope")
+
+
+def test_committed_cost_md_is_the_rendering_of_cost_json():
+    # cost.md is never edited by hand: re-rendering the stored report reproduces it byte for byte
+    results = BENCHMARKS / "results"
+    stored = json.loads((results / "cost.json").read_text())
+    stored["findings"] = report.findings(stored)
+    assert report.markdown(stored) == (results / "cost.md").read_text()
+
+
+def test_model_and_report_import_no_ml_libraries():
+    # the analytic model and the rendering run where torch is absent; measurement imports it lazily
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import cost_model, cost_report, cost_measure; "
+            "print(sorted({'torch', 'transformers', 'llmcompressor', 'sink_modifier'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

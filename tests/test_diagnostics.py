@@ -9,25 +9,27 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from sink_modifier.diagnostics import (
-    TRAJECTORY_TIMESTEPS,
-    analyze_sink_dynamics,
-    classify_sink_token,
-    is_punctuation,
-    prefix_lengths,
-)
-from sink_modifier.commands.analyze import ANALYSIS_FILE, add_analyze_parser, run_analyze
+from sink_modifier.diagnostics import TRAJECTORY_TIMESTEPS, SinkDynamicsOptions, analyze_sink_dynamics
+from sink_modifier.diagnostics import classify_sink_token, is_punctuation, prefix_lengths
+from sink_modifier.commands.analyze import ANALYSIS_FILE
+from sink_modifier.commands.analyze import add_parser as add_analyze_parser
+from sink_modifier.commands.analyze import run as run_analyze
 from sink_modifier.diagnostics.trajectory import _masked_position_stability
 from sink_modifier.data import load_documents, token_windows
-from sink_modifier.process import noise_windows
-from sink_modifier.loading import load_model, load_tokenizer
+from sink_modifier.process import MaskTokenProcess, noise_windows
+from sink_modifier.families import FAMILIES, load_pretrained, load_tokenizer
 from sink_modifier.sinks import global_attention_mass
 from sink_modifier.sinks.per_layer import per_layer_attention_mass
 from sink_modifier.sinks.stability import dominant_sink_movement, mask_stability
 from tests.conftest import HELDOUT, MASK_ID, TINY_AR, TINY_DLM, _save, requires_shared, tiny_llama_config
 
 LAYERS, HEADS = 2, 4  # tiny_llama_config
+BIDIRECTIONAL, CAUSAL = FAMILIES["bidirectional"], FAMILIES["causal"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_model(path, dtype):
+    return load_pretrained(path, dtype=dtype).model
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +71,9 @@ def test_per_layer_mass_and_analysis_on_an_sdpa_only_model(sdpa_lm_dir, text_fil
     assert per_layer.shape == (model.config.n_layers, 2, 16)
     torch.testing.assert_close(per_layer.sum(0), global_attention_mass(model, ids))
     torch.testing.assert_close(per_layer.mean(-1), torch.full((model.config.n_layers, 2), float(model.config.n_heads)))
-    # a remote-code-style DLM whose config lacks is_causal: the caller says it is a diffusion model
+    # a remote-code-style DLM whose config lacks is_causal: the caller names its family
     result = analyze_sink_dynamics(model, load_tokenizer(sdpa_lm_dir), windows_for(sdpa_lm_dir, text_file, 16, 2),
-                                   timesteps=(0.0, 1.0), diffusion=True, progress=False)
+                                   BIDIRECTIONAL, SinkDynamicsOptions(timesteps=(0.0, 1.0), progress=False))
     assert result["kind"] == "diffusion" and result["num_layers"] == model.config.n_layers
     assert [s["steps"][1]["kind"] for s in result["samples"]] == ["mask", "mask"]
 
@@ -122,8 +124,8 @@ def test_masked_position_stability_matches_mask_stability_when_all_steps_are_val
 def test_trajectory_of_a_bidirectional_model(tiny_llama_dir, text_file):
     model, tok = load_model(tiny_llama_dir, "float32"), load_tokenizer(tiny_llama_dir)
     windows = windows_for(tiny_llama_dir, text_file)
-    result = analyze_sink_dynamics(model, tok, windows, timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2,
-                                   progress=False, batch_size=5, store_layer_samples=1)
+    result = analyze_sink_dynamics(model, tok, windows, BIDIRECTIONAL, SinkDynamicsOptions(
+        timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2, progress=False, batch_size=5, store_layer_samples=1))
     json.dumps(result, allow_nan=False)  # strict JSON
     n, k, t = 3, len(TRAJECTORY_TIMESTEPS), 32
     assert result["kind"] == "diffusion" and result["num_windows"] == n and result["seq_len"] == t
@@ -132,7 +134,7 @@ def test_trajectory_of_a_bidirectional_model(tiny_llama_dir, text_file):
     assert [s["prefix_len"] for s in result["steps"]] == [t] * k
     assert result["steps"][0]["mask_rate"] == 0.0 and result["steps"][-1]["mask_rate"] == 1.0
 
-    noised, _, _ = noise_windows(windows, TRAJECTORY_TIMESTEPS, MASK_ID, 3)
+    noised, _, _ = noise_windows(windows, TRAJECTORY_TIMESTEPS, MaskTokenProcess(MASK_ID), 3)
     for s, sample in enumerate(result["samples"]):
         mass = as_tensor(sample["mass"])
         assert mass.shape == (k, t)
@@ -163,18 +165,37 @@ def test_trajectory_of_a_bidirectional_model(tiny_llama_dir, text_file):
     assert agg["ratio_per_step"][-1]["mean"] < agg["ratio_per_step"][0]["mean"]  # all-mask canvas: no sink
     assert len(agg["per_layer"]) == LAYERS
     # deterministic for a seed, whatever the batch size
-    again = analyze_sink_dynamics(model, tok, windows, timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2,
-                                  progress=False, batch_size=7, store_layer_samples=1)
+    again = analyze_sink_dynamics(model, tok, windows, BIDIRECTIONAL, SinkDynamicsOptions(
+        timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2, progress=False, batch_size=7, store_layer_samples=1))
     for a, b in zip(again["samples"], result["samples"]):
         torch.testing.assert_close(as_tensor(a["mass"]), as_tensor(b["mass"]), atol=2e-3, rtol=0)
         assert a["dominant_positions"] == b["dominant_positions"]
 
 
+def test_trajectory_noises_through_the_family_forward_process(tiny_llama_dir, text_file):
+    class KeepsFirstToken(type(BIDIRECTIONAL)):
+        def maskable(self, clean_ids, tokenizer, config):
+            maskable = torch.ones_like(clean_ids, dtype=torch.bool)
+            maskable[:, 0] = False
+            return maskable
+
+    model, tok = load_model(tiny_llama_dir, "float32"), load_tokenizer(tiny_llama_dir)
+    windows = windows_for(tiny_llama_dir, text_file, n=2)
+    result = analyze_sink_dynamics(model, tok, windows, KeepsFirstToken(), SinkDynamicsOptions(
+        timesteps=(1.0,), progress=False, top_k=32))
+    for s, sample in enumerate(result["samples"]):
+        tokens = {key["position"]: key["token_id"] for key in sample["steps"][0]["top"]}
+        assert tokens[0] == int(windows[s, 0]) and all(tokens[p] == MASK_ID for p in range(1, 32))
+    assert result["steps"][0]["mask_rate"] == pytest.approx(31 / 32)
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        SinkDynamicsOptions(top_k=0)
+
+
 def test_trajectory_of_a_causal_model_uses_growing_prefixes(causal_llama_dir, text_file):
     model, tok = load_model(causal_llama_dir, "float32"), load_tokenizer(causal_llama_dir)
     windows = windows_for(causal_llama_dir, text_file, n=2)
-    result = analyze_sink_dynamics(model, tok, windows, timesteps=(0.25, 0.5, 0.75, 1.0), progress=False,
-                                   store_mass_samples=1)
+    result = analyze_sink_dynamics(model, tok, windows, CAUSAL, SinkDynamicsOptions(
+        timesteps=(0.25, 0.5, 0.75, 1.0), progress=False, store_mass_samples=1))
     json.dumps(result, allow_nan=False)
     assert result["kind"] == "causal"
     assert [s["prefix_len"] for s in result["steps"]] == [8, 16, 24, 32]
@@ -197,10 +218,11 @@ def test_trajectory_of_a_causal_model_uses_growing_prefixes(causal_llama_dir, te
 def test_shipped_models_show_the_published_sink_strengths():
     tok = load_tokenizer(TINY_DLM)
     windows = token_windows(load_documents(HELDOUT, max_chars=200_000), tok, 256, 2, seed=0)
-    dlm = analyze_sink_dynamics(load_model(TINY_DLM, "float32"), tok, windows, timesteps=(0.0, 0.9),
-                                progress=False, store_mass_samples=0, store_layer_samples=0)
-    ar = analyze_sink_dynamics(load_model(TINY_AR, "float32"), tok, windows, timesteps=(0.0,),
-                               progress=False, store_mass_samples=0, store_layer_samples=0)
+    options = dict(progress=False, store_mass_samples=0, store_layer_samples=0)
+    dlm = analyze_sink_dynamics(load_model(TINY_DLM, "float32"), tok, windows, BIDIRECTIONAL,
+                                SinkDynamicsOptions(timesteps=(0.0, 0.9), **options))
+    ar = analyze_sink_dynamics(load_model(TINY_AR, "float32"), tok, windows, CAUSAL,
+                               SinkDynamicsOptions(timesteps=(0.0,), **options))
     clean, noisy = (r["mean"] for r in dlm["aggregate"]["ratio_per_step"])
     # models/README: DLM 2.1x on clean text rising to 5.5x at mask ratio 0.9; AR 4.1x on clean text
     assert 1.5 < clean < 3.0 and noisy > 1.5 * clean

@@ -1,4 +1,4 @@
-"""Masked-diffusion calibration data: documents, windows, noising, calibration sets."""
+"""Masked-diffusion calibration data: documents, windows, mask-token noising, calibration sets."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import datasets
 import pytest
 import torch
 
-from sink_modifier.process import LLADA_TIMESTEPS, DiffusionCalibrationSet, build_diffusion_calibration, is_diffusion_config, mask_probability, noise_tokens, noise_windows, resolve_mask_token_id, row_generator, timestep_grid
+from sink_modifier.process import LLADA_TIMESTEPS, CalibrationSet, MaskTokenProcess, build_calibration, mask_probability, noise_windows, resolve_mask_token_id, row_generator, timestep_grid
 from sink_modifier.data import check_seq_len, load_documents, token_windows
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 TINY_DLM = SHARED / "models" / "tiny-dlm"
 CORPUS = SHARED / "data" / "corpus.txt.gz"
 MASK = 2
+PROCESS = MaskTokenProcess(MASK)
 
 
 class CharTokenizer:
@@ -105,10 +106,10 @@ def test_row_generator_depends_only_on_its_triple():
         row_generator(0.5, 0, 0)
 
 
-def test_noise_tokens_matches_naive_reference():
+def test_mask_noise_row_matches_naive_reference():
     x = torch.arange(3, 3 + 200)
     for t in (0.0, 0.1, 0.5, 0.9, 1.0):
-        out = noise_tokens(x, t, MASK, row_generator(7, 1, 2))
+        out = PROCESS.noise_row(x, t, row_generator(7, 1, 2))
         u = torch.rand(200, generator=row_generator(7, 1, 2))
         p = 0.0 if t == 0 else (1 - 1e-3) * t + 1e-3
         expected = torch.tensor([MASK if ui < p else xi for ui, xi in zip(u.tolist(), x.tolist())])
@@ -116,34 +117,34 @@ def test_noise_tokens_matches_naive_reference():
     assert torch.equal(x, torch.arange(3, 203)), "input must not be modified in place"
 
 
-def test_noise_tokens_t0_is_clean_and_t1_masks_everything():
+def test_mask_noise_row_t0_is_clean_and_t1_masks_everything():
     x = random_clean(1, 4096)[0]
-    clean = noise_tokens(x, 0.0, MASK, torch.Generator().manual_seed(0))
+    clean = PROCESS.noise_row(x, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal(clean, x) and clean is not x
-    full = noise_tokens(x, 1.0, MASK, torch.Generator().manual_seed(0))
+    full = PROCESS.noise_row(x, 1.0, torch.Generator().manual_seed(0))
     assert bool((full == MASK).all())
 
 
-def test_noise_tokens_respects_maskable_and_only_writes_mask_id():
+def test_mask_noise_row_respects_maskable_and_only_writes_mask_id():
     x = random_clean(1, 5000)[0]
     maskable = torch.zeros(5000, dtype=torch.bool)
     maskable[::3] = True
-    out = noise_tokens(x, 0.8, MASK, torch.Generator().manual_seed(1), maskable=maskable)
+    out = PROCESS.noise_row(x, 0.8, torch.Generator().manual_seed(1), maskable=maskable)
     assert torch.equal(out[~maskable], x[~maskable])
     changed = out != x
     assert bool((out[changed] == MASK).all())
     assert int(changed.sum()) > 1000  # ~0.8 * 1667 masked: not vacuous
     with pytest.raises(ValueError, match="maskable"):
-        noise_tokens(x, 0.5, MASK, torch.Generator(), maskable=maskable[:10])
+        PROCESS.noise_row(x, 0.5, torch.Generator(), maskable=maskable[:10])
     with pytest.raises(ValueError, match="1-D"):
-        noise_tokens(x.view(50, 100), 0.5, MASK, torch.Generator())
+        PROCESS.noise_row(x.view(50, 100), 0.5, torch.Generator())
 
 
 def test_empirical_mask_rate_within_binomial_tolerance():
     eps = 1e-3
     clean = random_clean(64, 256)
     timesteps = (0.0,) + LLADA_TIMESTEPS
-    ids, _, _ = noise_windows(clean, timesteps, MASK, seed=11, eps=eps)
+    ids, _, _ = noise_windows(clean, timesteps, MaskTokenProcess(MASK, eps=eps), seed=11)
     k = len(timesteps)
     n = clean.numel()
     rates = []
@@ -168,36 +169,36 @@ def test_empirical_mask_rate_within_binomial_tolerance():
 def test_noise_windows_layout_and_batch_independence():
     clean = random_clean(6, 128)
     ts = (0.0, 0.3, 0.7)
-    ids, sample_index, timestep = noise_windows(clean, ts, MASK, seed=5)
+    ids, window_index, timestep = noise_windows(clean, ts, PROCESS, seed=5)
     assert ids.shape == (18, 128) and ids.dtype == torch.long
-    assert sample_index.tolist() == [s for s in range(6) for _ in ts]
+    assert window_index.tolist() == [s for s in range(6) for _ in ts]
     assert timestep.dtype == torch.float64
     assert timestep.tolist() == list(ts) * 6
     # each row equals the row built alone from its (seed, sample, timestep) coordinates
     for r in range(18):
         s, j = divmod(r, 3)
-        alone = noise_tokens(clean[s], ts[j], MASK, row_generator(5, s, j))
+        alone = PROCESS.noise_row(clean[s], ts[j], row_generator(5, s, j))
         assert torch.equal(ids[r], alone)
     # t=0 rows are clean copies
     assert torch.equal(ids[0::3], clean)
     # fewer samples -> the same rows, as a prefix
-    fewer, _, _ = noise_windows(clean[:2], ts, MASK, seed=5)
+    fewer, _, _ = noise_windows(clean[:2], ts, PROCESS, seed=5)
     assert torch.equal(fewer, ids[:6])
     # a different seed gives different masks
-    other, _, _ = noise_windows(clean, ts, MASK, seed=6)
+    other, _, _ = noise_windows(clean, ts, PROCESS, seed=6)
     assert not torch.equal((other == MASK)[1::3], (ids == MASK)[1::3])
 
 
 def test_noise_windows_validation():
     clean = random_clean(2, 8)
     with pytest.raises(ValueError, match="timesteps is empty"):
-        noise_windows(clean, (), MASK, 0)
+        noise_windows(clean, (), PROCESS, 0)
     with pytest.raises(ValueError, match="timesteps must all lie in"):
-        noise_windows(clean, (0.5, 1.5), MASK, 0)
+        noise_windows(clean, (0.5, 1.5), PROCESS, 0)
     with pytest.raises(ValueError, match="clean_ids must be a 2-D"):
-        noise_windows(clean[0], (0.5,), MASK, 0)
+        noise_windows(clean[0], (0.5,), PROCESS, 0)
     with pytest.raises(ValueError, match="dtype"):
-        noise_windows(clean.float(), (0.5,), MASK, 0)
+        noise_windows(clean.float(), (0.5,), PROCESS, 0)
 
 
 # --------------------------------------------------------------------------- windows
@@ -284,12 +285,6 @@ def test_resolve_mask_token_id_order_and_error():
         resolve_mask_token_id()
 
 
-def test_is_diffusion_config():
-    assert is_diffusion_config(SimpleNamespace(is_causal=False))
-    assert not is_diffusion_config(SimpleNamespace(is_causal=True))
-    assert not is_diffusion_config(SimpleNamespace())
-
-
 # --------------------------------------------------------------------------- documents
 
 
@@ -371,10 +366,10 @@ def test_load_documents_errors(tmp_path):
 # --------------------------------------------------------------------------- calibration set
 
 
-def small_set(**overrides) -> DiffusionCalibrationSet:
-    kwargs = dict(seq_len=32, num_samples=3, timesteps=(0.0, 0.5, 1.0), seed=4, mask_token_id=MASK)
+def small_set(**overrides) -> CalibrationSet:
+    kwargs = dict(seq_len=32, num_samples=3, timesteps=(0.0, 0.5, 1.0), seed=4, process=PROCESS)
     kwargs.update(overrides)
-    return build_diffusion_calibration(random_clean(5, 32), None, **kwargs)
+    return build_calibration(random_clean(5, 32), None, **kwargs)
 
 
 def test_build_from_tensor_layout():
@@ -383,12 +378,12 @@ def test_build_from_tensor_layout():
     assert len(cal) == 9 and cal.input_ids.shape == (9, 32)
     assert torch.equal(cal.clean_ids, windows[:3])
     assert torch.equal(cal.attention_mask, torch.ones(9, 32, dtype=torch.long))
-    assert cal.sample_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert cal.window_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert cal.timestep.tolist() == [0.0, 0.5, 1.0] * 3
     assert cal.timesteps == (0.0, 0.5, 1.0) and cal.mask_token_id == MASK and cal.seed == 4
     assert torch.equal(cal.input_ids[0::3], windows[:3])
     assert bool((cal.input_ids[2::3] == MASK).all())
-    ref, _, _ = noise_windows(windows[:3], (0.0, 0.5, 1.0), MASK, 4)
+    ref, _, _ = noise_windows(windows[:3], (0.0, 0.5, 1.0), PROCESS, 4)
     assert torch.equal(cal.input_ids, ref)
 
 
@@ -434,23 +429,23 @@ def test_build_validation_errors():
         (dict(seq_len=16), "length 32 but seq_len=16"),
         (dict(num_samples=6), "5 windows but num_samples=6"),
         (dict(config=SimpleNamespace(max_position_embeddings=16)), "--seq-len 16"),
-        (dict(config=SimpleNamespace(vocab_size=2), mask_token_id=2), "outside the model's vocab"),
+        (dict(config=SimpleNamespace(vocab_size=2)), "outside the model's vocab"),
+        (dict(process=None), "no forward process was given"),
+        (dict(canvas_length=0), "canvas_length must be >= 1"),
     ]
     for overrides, message in cases:
-        kwargs = dict(seq_len=32, num_samples=2, mask_token_id=MASK)
+        kwargs = dict(seq_len=32, num_samples=2, process=PROCESS)
         kwargs.update(overrides)
         with pytest.raises(ValueError, match=message):
-            build_diffusion_calibration(windows, None, **kwargs)
-    with pytest.raises(ValueError, match="has no mask token"):
-        no_mask = SimpleNamespace(mask_token_id=None)
-        build_diffusion_calibration(windows, no_mask, seq_len=32, num_samples=2)
+            build_calibration(windows, None, **kwargs)
 
 
-def test_build_from_text_resolves_mask_from_config_and_is_prefix_stable():
+def test_build_from_text_is_prefix_stable():
     tok = CharTokenizer(eos_token_id=1)
     cfg = SimpleNamespace(mask_token_id=MASK, max_position_embeddings=64, vocab_size=1000)
-    small = build_diffusion_calibration(DOCS, tok, seq_len=16, num_samples=4, config=cfg, seed=2)
-    big = build_diffusion_calibration(DOCS, tok, seq_len=16, num_samples=8, config=cfg, seed=2)
+    process = MaskTokenProcess(resolve_mask_token_id(tok, cfg))
+    small = build_calibration(DOCS, tok, process=process, seq_len=16, num_samples=4, config=cfg, seed=2)
+    big = build_calibration(DOCS, tok, process=process, seq_len=16, num_samples=8, config=cfg, seed=2)
     assert small.mask_token_id == MASK
     assert torch.equal(small.clean_ids, big.clean_ids[:4])
     assert torch.equal(small.input_ids, big.input_ids[: len(small)])
@@ -476,9 +471,8 @@ def test_real_tokenizer_and_corpus(tiny_tokenizer):
 
     config = AutoConfig.from_pretrained(str(TINY_DLM))
     assert resolve_mask_token_id(tiny_tokenizer, config) == MASK
-    assert is_diffusion_config(config)
-    cal = build_diffusion_calibration(
-        CORPUS, tiny_tokenizer, seq_len=64, num_samples=4, config=config, max_chars=200_000
+    cal = build_calibration(
+        CORPUS, tiny_tokenizer, process=MaskTokenProcess(MASK), seq_len=64, num_samples=4, config=config, max_chars=200_000
     )
     k = len(LLADA_TIMESTEPS)
     assert cal.input_ids.shape == (4 * k, 64) and cal.clean_ids.shape == (4, 64)
@@ -496,6 +490,6 @@ def test_real_tokenizer_and_corpus(tiny_tokenizer):
     stream = [i for ids in encoded for i in ids + [tiny_tokenizer.eos_token_id]]
     window_positions(cal.clean_ids, stream, 64)
     with pytest.raises(ValueError, match="seq_len=512 exceeds .* 256"):
-        build_diffusion_calibration(
-            CORPUS, tiny_tokenizer, seq_len=512, num_samples=1, config=config
+        build_calibration(
+            CORPUS, tiny_tokenizer, process=PROCESS, seq_len=512, num_samples=1, config=config
         )

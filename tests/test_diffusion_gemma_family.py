@@ -8,53 +8,57 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sink_modifier.process.noising import mask_probability, row_generator
-from sink_modifier.process.prompt_canvas import canvas_size, noise_canvases, split_prompt_canvas
-from sink_modifier.process.uniform_noise import uniform_noise_tokens
-from sink_modifier.process.corruption import UniformCorruption
+from sink_modifier.process import UniformSubstitution, build_calibration, canvas_size, mask_probability, row_generator
 from sink_modifier.families import FAMILIES, family_of_model
 from sink_modifier.sinks import global_attention_mass
 from tests.family_models.diffusion_gemma import CANVAS_LENGTH, tiny_diffusion_gemma_model
 
 VOCAB = 64
 FAMILY = FAMILIES["diffusion_gemma"]
+UNIFORM = UniformSubstitution(VOCAB)
 
 
 def test_canvas_is_the_model_block_but_at_most_half_the_window():
     assert canvas_size(16, 8) == 8
     assert canvas_size(10, 8) == 5
     assert canvas_size(600, 256) == 256
-    prompt, canvas = split_prompt_canvas(torch.arange(20).reshape(2, 10), 8)
-    assert prompt.tolist() == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]
-    assert canvas.tolist() == [[5, 6, 7, 8, 9], [15, 16, 17, 18, 19]]
+    cal = build_calibration(torch.arange(20).reshape(2, 10), None, process=UNIFORM, seq_len=10, num_samples=2,
+                            timesteps=(0.0,), canvas_length=8)
+    batch = next(iter(cal.dataloader(batch_size=2)))
+    assert batch["input_ids"].tolist() == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]
+    assert batch["decoder_input_ids"].tolist() == [[5, 6, 7, 8, 9], [15, 16, 17, 18, 19]]
     with pytest.raises(ValueError):
         canvas_size(1, 8)
 
 
 def test_uniform_noise_replaces_at_the_timestep_rate_with_tokens_of_the_whole_vocabulary():
     clean = torch.full((20_000,), 5)
-    noised = uniform_noise_tokens(clean, 0.5, VOCAB, torch.Generator().manual_seed(0))
+    noised = UNIFORM.noise_row(clean, 0.5, torch.Generator().manual_seed(0))
     changed = (noised != clean).float().mean().item()
     assert changed == pytest.approx(mask_probability(0.5) * (1 - 1 / VOCAB), abs=0.01)
     assert set(noised[noised != 5].tolist()) == set(range(VOCAB)) - {5}  # 0..V-1, specials included
-    assert torch.equal(uniform_noise_tokens(clean, 0.0, VOCAB, torch.Generator().manual_seed(0)), clean)
-    again = uniform_noise_tokens(clean, 0.5, VOCAB, torch.Generator().manual_seed(0))
+    assert torch.equal(UNIFORM.noise_row(clean, 0.0, torch.Generator().manual_seed(0)), clean)
+    again = UNIFORM.noise_row(clean, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(noised, again)
     keep = torch.zeros_like(clean, dtype=torch.bool)
     keep[:100] = True
-    partial = uniform_noise_tokens(clean, 1.0, VOCAB, torch.Generator().manual_seed(0), maskable=keep)
+    partial = UNIFORM.noise_row(clean, 1.0, torch.Generator().manual_seed(0), maskable=keep)
     assert torch.equal(partial[100:], clean[100:]) and (partial[:100] != 5).any()
 
 
 def test_calibration_rows_keep_the_prompt_clean_and_noise_each_canvas_with_its_own_generator():
     clean = torch.randint(4, VOCAB, (3, 16), generator=torch.Generator().manual_seed(0))
-    cal = noise_canvases(clean, (0.3, 1.0), canvas_length=CANVAS_LENGTH, vocab_size=VOCAB, seed=7)
-    assert len(cal) == 6 and cal.prompt_ids.shape == (6, 8) and cal.canvas_ids.shape == (6, 8)
-    assert torch.equal(cal.prompt_ids, clean[:, :8].repeat_interleave(2, dim=0))
+    config = tiny_diffusion_gemma_model().config
+    cal = FAMILY.build_calibration(clean, None, config, seq_len=16, num_samples=3, timesteps=(0.3, 1.0), seed=7,
+                                   max_chars=None)
+    assert config.canvas_length == CANVAS_LENGTH and cal.process == UniformSubstitution(VOCAB, seed=7)
+    assert len(cal) == 6 and cal.prompt_length == 8 and cal.canvas_length == 8
+    prompts, canvases = cal.input_ids[:, :8], cal.input_ids[:, 8:]
+    assert torch.equal(prompts, clean[:, :8].repeat_interleave(2, dim=0))
     # row (s=2, j=1) is window 2's canvas noised at t=1.0 by row_generator(7, 2, 1), alone
-    expected = uniform_noise_tokens(clean[2, 8:], 1.0, VOCAB, row_generator(7, 2, 1))
-    assert torch.equal(cal.canvas_ids[5], expected)
-    assert (cal.canvas_ids[1::2] != clean[:, 8:]).float().mean() > 0.8  # t = 1: almost every token changed
+    expected = UNIFORM.noise_row(clean[2, 8:], 1.0, row_generator(7, 2, 1))
+    assert torch.equal(canvases[5], expected)
+    assert (canvases[1::2] != clean[:, 8:]).float().mean() > 0.8  # t = 1: almost every token changed
     batch = next(iter(cal.dataloader(batch_size=4)))
     assert set(batch) == {"input_ids", "decoder_input_ids"}
     assert batch["input_ids"].shape == (4, 8) and batch["decoder_input_ids"].shape == (4, 8)
@@ -63,7 +67,8 @@ def test_calibration_rows_keep_the_prompt_clean_and_noise_each_canvas_with_its_o
 
 
 def test_uniform_evaluation_corruption_is_a_function_of_seed_row_and_stream_only():
-    corrupt = UniformCorruption(vocab_size=VOCAB, seed=3)
+    corrupt = FAMILY.evaluation_corruption(None, tiny_diffusion_gemma_model().config, 3)
+    assert corrupt == UniformSubstitution(VOCAB, seed=3)
     clean = torch.full((4, 10), 5)
     mask = torch.zeros(4, 10, dtype=torch.bool)
     mask[:, 6:] = True

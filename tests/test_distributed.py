@@ -12,9 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sink_modifier import SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier
-from sink_modifier.process import build_diffusion_calibration
+from sink_modifier.process import MaskTokenProcess, build_calibration
 from sink_modifier.process.sharding import calibration_fingerprint, shard_bounds, shard_calibration
-from tests.conftest import VOCAB, tiny_llama_config, word_tokenizer
+from tests.conftest import MASK_ID, VOCAB, tiny_llama_config, word_tokenizer
 
 TIMESTEPS = (0.3, 0.6, 0.9)
 WORLD_SIZE = 2
@@ -39,8 +39,8 @@ CASES = {
 def calibration(num_windows: int = 6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     windows = torch.randint(4, VOCAB, (num_windows, 24), generator=g)
-    return build_diffusion_calibration(
-        windows, word_tokenizer(), seq_len=24, num_samples=num_windows, timesteps=TIMESTEPS,
+    return build_calibration(
+        windows, word_tokenizer(), process=MaskTokenProcess(MASK_ID), seq_len=24, num_samples=num_windows, timesteps=TIMESTEPS,
         seed=seed, config=tiny_llama_config(),
     )
 
@@ -83,7 +83,7 @@ def _worker(rank, port, model_dir, out_dir):
         except ValueError as error:
             results["mismatch_error"] = str(error)
         shard = shard_calibration(calibration())
-        results["sample_index"] = shard.sample_index.tolist()
+        results["window_index"] = shard.window_index.tolist()
         for name, case in CASES.items():
             results[name] = prune_masks(model_dir, shard, *case)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -118,8 +118,8 @@ def single_process_results(tiny_llama_dir):
 
 
 def test_each_rank_calibrates_on_its_own_windows(two_rank_results):
-    assert two_rank_results[0]["sample_index"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert two_rank_results[1]["sample_index"] == [3, 3, 3, 4, 4, 4, 5, 5, 5]
+    assert two_rank_results[0]["window_index"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert two_rank_results[1]["window_index"] == [3, 3, 3, 4, 4, 4, 5, 5, 5]
 
 
 def test_ranks_with_different_calibration_sets_are_refused(two_rank_results):
@@ -160,14 +160,14 @@ def test_shards_are_disjoint_whole_windows_covering_every_row(num_windows, world
     k = len(TIMESTEPS)
     shards = [shard_calibration(cal, r, world_size) for r in range(world_size)]
     assert torch.equal(torch.cat([s.input_ids for s in shards]), cal.input_ids)  # rank order = row order
-    assert torch.equal(torch.cat([s.sample_index for s in shards]), cal.sample_index)
-    windows = [set(s.sample_index.tolist()) for s in shards]
+    assert torch.equal(torch.cat([s.window_index for s in shards]), cal.window_index)
+    windows = [set(s.window_index.tolist()) for s in shards]
     assert all(w for w in windows) and sum(len(w) for w in windows) == num_windows
     for shard in shards:
         assert len(shard) == shard.num_samples * k  # every timestep of every window it holds
-        for batch, window in zip(shard.dataloader(batch_size=k), shard.sample_index[::k].tolist()):
+        for batch, window in zip(shard.dataloader(batch_size=k), shard.window_index[::k].tolist()):
             assert torch.equal(batch["input_ids"], cal.input_ids[window * k : (window + 1) * k])
-        assert torch.equal(shard.clean_ids, cal.clean_ids[shard.sample_index[::k]])
+        assert torch.equal(shard.clean_ids, cal.clean_ids[shard.window_index[::k]])
     sizes = [s.num_samples for s in shards]
     assert max(sizes) - min(sizes) <= 1
 

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from sink_modifier.scoring import NelboResult, evaluate_model, fixed_ratio_masks, masked_cross_entropy, nelbo, nelbo_masks, perplexity
+from sink_modifier.scoring.denoiser import aligned_logits, denoiser_logits, guided_logits, masked_token_ce
+from sink_modifier.scoring.masks import elbo_masks, stratified_counts, stratified_masks, window_generator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_DLM = SHARED / "models" / "tiny-dlm"
@@ -24,23 +26,20 @@ MASK_ID = 2
 # --------------------------------------------------------------------------- fixtures / stubs
 
 
+def _random_llama(is_causal: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64, is_causal=is_causal)
+    return LlamaForCausalLM, config
+
+
 @pytest.fixture(scope="module")
 def random_dlm() -> nn.Module:
     """A tiny random bidirectional Llama (no training needed to test estimator arithmetic)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        is_causal=False,
-    )
+    model_class, config = _random_llama(is_causal=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = model_class(config).eval()
     # Random init gives near-uniform logits; sharpen them so CE varies across tokens and rows.
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)
@@ -49,17 +48,7 @@ def random_dlm() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def random_causal() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
+    LlamaForCausalLM, config = _random_llama(is_causal=True)
     torch.manual_seed(1)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -148,6 +137,54 @@ def test_nelbo_masks_stratified_counts():
     # mc > L wraps into [1, L] rather than going out of range.
     _, wrapped = nelbo_masks(4, 5, 12, seed=1)
     assert int(wrapped.min()) >= 1 and int(wrapped.max()) <= 5
+
+
+def test_nelbo_and_lm_eval_masks_are_one_generator():
+    """Both ELBO mask families are the stratified generator over their positions, drawn as first released."""
+    maskable = torch.ones(3, 12, dtype=torch.bool)
+    maskable[:, :4] = False
+    masks, counts = nelbo_masks(3, 12, 5, seed=2, maskable=maskable)
+    for i in range(3):
+        m, k = stratified_masks(torch.arange(4, 12), 12, 5, window_generator(2, i, "nelbo"))
+        assert torch.equal(masks[i], m) and torch.equal(counts[i], k)
+    # lm-eval's: counts per stratum first, then one permutation per draw, all from the request's generator
+    length, mc, strata, key = 9, 6, 3, 1234
+    generator = window_generator(4, key, "lm_eval:elbo")
+    want_counts = torch.cat([stratified_counts(length, strata, generator) for _ in range(mc // strata)])
+    want = torch.zeros(mc, length, dtype=torch.bool)
+    for r in range(mc):
+        want[r, torch.randperm(length, generator=generator)[: int(want_counts[r])]] = True
+    got, got_counts = elbo_masks(length, mc, 4, key, strata)
+    assert torch.equal(got, want) and torch.equal(got_counts, want_counts)
+
+
+def test_denoiser_core_aligns_guides_and_scores():
+    logits = torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(aligned_logits(logits, 0, 2, 5), logits[:, 2:5])
+    shifted = aligned_logits(logits, 1)
+    assert torch.equal(shifted[:, 1:], logits[:, :-1]) and torch.equal(shifted[:, 0], logits[:, 0])
+    assert torch.equal(aligned_logits(logits, 1, 3, 6), shifted[:, 3:6])
+    uncond = torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(guided_logits(logits, uncond, 0.5), uncond + 1.5 * (logits - uncond))
+    # guidance runs conditional and unconditional rows in one forward
+    calls = []
+
+    def fn(ids):
+        calls.append(ids.shape[0])
+        return torch.where(ids[..., None] == 0, logits[:1].expand(ids.shape[0], -1, -1), uncond[:1].expand(ids.shape[0], -1, -1))
+
+    noisy, unconditional = torch.zeros(1, 7, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)
+    got = denoiser_logits(fn, noisy, logit_shift=1, cfg=0.5, unconditional=unconditional, start=2, end=6)
+    assert calls == [2] and torch.allclose(got, guided_logits(logits[:1, 1:5], uncond[:1, 1:5], 0.5))
+    with pytest.raises(ValueError, match="unconditional"):
+        denoiser_logits(fn, noisy, cfg=0.5)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0, 3] = mask[1, 0] = True
+    targets = torch.randint(0, 5, (2, 7), generator=torch.Generator().manual_seed(2))
+    ce, correct = masked_token_ce(logits, targets, mask)
+    want = [-torch.log_softmax(logits[b, i].double(), -1)[targets[b, i]] for b, i in ((0, 3), (1, 0))]
+    assert torch.allclose(ce.double(), torch.stack(want), atol=1e-6)
+    assert correct.tolist() == [bool(logits[b, i].argmax() == targets[b, i]) for b, i in ((0, 3), (1, 0))]
 
 
 def test_maskable_respected():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sink_modifier.cli import main
-from sink_modifier.process import build_diffusion_calibration
+from sink_modifier.process import MaskTokenProcess, build_calibration
 from sink_modifier.families import FAMILIES, detect_family, get_family, load_pretrained
 from sink_modifier.families.dream import boolean_attention_mask
 from sink_modifier.families.rotary import default_rope_parameters
@@ -52,8 +52,8 @@ def test_dream_keeps_real_bos_and_eos_and_never_scores_position_zero():
     assert scorable.tolist() == [[False, True, True, False], [False, True, True, True]]
     # The noising rule reaches the calibration rows: a real BOS/EOS is never masked.
     windows = torch.tensor([[5] + [9] * 14 + [6]] * 3)
-    calibration = build_diffusion_calibration(
-        windows, None, seq_len=16, num_samples=3, timesteps=(1.0,), mask_token_id=MASK_ID,
+    calibration = build_calibration(
+        windows, None, process=MaskTokenProcess(MASK_ID), seq_len=16, num_samples=3, timesteps=(1.0,),
         maskable=lambda ids: dream.maskable(ids, Tok(), None),
     )
     assert (calibration.input_ids[:, 0] == 5).all() and (calibration.input_ids[:, -1] == 6).all()

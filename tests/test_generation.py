@@ -16,16 +16,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_dir):
-    from sink_modifier.loading import load_model
+    from sink_modifier.families import load_pretrained
 
-    return load_model(tiny_llama_dir, dtype="float32")
+    return load_pretrained(tiny_llama_dir, dtype="float32").model
 
 
 @pytest.fixture(scope="module")
 def tiny_dlm():
-    from sink_modifier.loading import load_model, load_tokenizer
+    from sink_modifier.families import load_pretrained
 
-    return load_model(TINY_DLM, dtype="float32"), load_tokenizer(TINY_DLM)
+    loaded = load_pretrained(TINY_DLM, dtype="float32")
+    return loaded.model, loaded.tokenizer
 
 
 def _prompt(batch=2, length=5, seed=0):

@@ -18,7 +18,8 @@ from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from sink_modifier.generation import generate  # noqa: E402
-from sink_modifier.lm_eval import DiffusionLM, elbo_masks, mc_loglikelihood, request_key  # noqa: E402
+from sink_modifier.lm_eval import DiffusionLM  # noqa: E402
+from sink_modifier.scoring import elbo_masks, mc_loglikelihood, request_key  # noqa: E402
 from sink_modifier.lm_eval.tasks import TASKS, read_documents, write_local_tasks  # noqa: E402
 from tests.conftest import HELDOUT, MASK_ID, TINY_DLM, requires_shared  # noqa: E402
 
@@ -303,3 +304,108 @@ def test_tiny_dlm_cli_run(tmp_path, monkeypatch):
     assert data["results"]["sink_heldout_mc"]["acc,none"] in (0.0, 0.5, 1.0)
     assert data["config"]["model"] == "sink_dlm"
     assert data["config"]["sink_dlm"]["mc_num"] == 4 and data["config"]["sink_dlm"]["mask_token_id"] == 2
+
+
+# ---------------------------------------------------------------- families through the adapter
+
+
+def _family_elbo(lm, noisy_rows, clean, context_len, masks, counts) -> float:
+    """The ELBO written out from the rows the model saw: the family's logits, shift and masks."""
+    losses = []
+    for noisy, mask, k in zip(noisy_rows, masks, counts.tolist()):
+        with torch.no_grad():
+            logits = lm.family.logits(lm.model, noisy[None])[0].double()
+        loss = 0.0
+        for i in mask.nonzero().flatten().tolist():
+            pos = context_len + i
+            loss -= float(torch.log_softmax(logits[pos - lm.family.logit_shift], -1)[clean[pos]])
+        losses.append(loss * len(mask) / k)
+    return -sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def dream_lm(tmp_path_factory):
+    from tests.family_models.build import build_dream_checkpoint
+
+    folder = build_dream_checkpoint(tmp_path_factory.mktemp("dream"))
+    return DiffusionLM(pretrained=str(folder), trust_remote_code=True, mc_num=4, batch_size=3, dtype="float32",
+                       device="cpu", seed=7)
+
+
+def test_dream_is_scored_with_its_shift_through_the_family(dream_lm):
+    assert (dream_lm.family.name, dream_lm.logit_shift, dream_lm.mask_token_id) == ("dream", 1, MASK_ID)
+    context, continuation = [5, 6, 7, 8], [9, 10, 11]
+    got = dream_lm._loglikelihood_tokens([(None, context, continuation)])[0][0]
+    masks, counts = elbo_masks(len(continuation), 4, 7, request_key(context, continuation))
+    clean = torch.tensor(context + continuation)
+    noisy = [clean.masked_fill(torch.cat([torch.zeros(len(context), dtype=torch.bool), m]), MASK_ID) for m in masks]
+    assert got == pytest.approx(_family_elbo(dream_lm, noisy, clean, len(context), masks, counts), abs=1e-5)
+    # the shift matters: reading the logits unshifted gives another number
+    unshifted = mc_loglikelihood(dream_lm.model, [(context, continuation)], mask_token_id=MASK_ID, mc_num=4, seed=7)
+    assert abs(unshifted[0] - got) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def gemma_lm(tmp_path_factory):
+    from tests.family_models.diffusion_gemma import build_diffusion_gemma_checkpoint
+
+    folder = build_diffusion_gemma_checkpoint(tmp_path_factory.mktemp("diffusion_gemma"))
+    return DiffusionLM(pretrained=str(folder), mc_num=4, batch_size=3, dtype="float32", device="cpu", seed=7)
+
+
+def _recording(model):
+    """Record the (prompt, canvas) of every DiffusionGemma forward, as one window each."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, _args, kwargs):
+        seen.append(torch.cat([kwargs["input_ids"], kwargs["decoder_input_ids"]], dim=1).clone())
+
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_diffusion_gemma_is_scored_on_its_canvas_with_uniform_noise(gemma_lm):
+    assert gemma_lm.family.name == "diffusion_gemma" and gemma_lm.corruption is not None
+    context, continuation = [5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17]
+    seen, handle = _recording(gemma_lm.model)
+    try:
+        got = gemma_lm._loglikelihood_tokens([(None, context, continuation)])[0][0]
+    finally:
+        handle.remove()
+    noisy = torch.cat(seen)
+    masks, counts = elbo_masks(len(continuation), 4, 7, request_key(context, continuation))
+    clean = torch.tensor(context + continuation)
+    # the context and the unhidden continuation stay clean; the hidden positions hold uniform tokens
+    assert noisy.shape == (4, len(clean)) and torch.equal(noisy[:, : len(context)], clean[None, : len(context)].expand(4, -1))
+    tail = noisy[:, len(context):]
+    assert torch.equal(tail[~masks], clean[len(context):].expand(4, -1)[~masks])
+    assert not torch.equal(tail[masks], clean[len(context):].expand(4, -1)[masks])
+    assert got == pytest.approx(_family_elbo(gemma_lm, noisy, clean, len(context), masks, counts), abs=1e-5)
+    # replacement tokens are keyed by request and draw, not by batch
+    gemma_lm.batch_size_per_gpu = 1
+    try:
+        seen_one, handle = _recording(gemma_lm.model)
+        again = gemma_lm._loglikelihood_tokens([(None, [4] + context, continuation), (None, context, continuation)])
+        handle.remove()
+    finally:
+        gemma_lm.batch_size_per_gpu = 3
+    assert again[1][0] == got and torch.equal(torch.cat(seen_one[:4]), noisy)  # shorter rows go first
+
+
+def test_diffusion_gemma_guidance_hides_the_context_and_refuses_what_it_cannot_score(gemma_lm):
+    context, continuation = [5, 6, 7, 8, 9, 10], [13, 14, 15]
+    gemma_lm.cfg = 0.5
+    seen, handle = _recording(gemma_lm.model)
+    try:
+        guided = gemma_lm._loglikelihood_tokens([(None, context, continuation)])[0][0]
+    finally:
+        handle.remove()
+        gemma_lm.cfg = 0.0
+    rows = torch.cat(seen)
+    assert rows.shape[0] == 2 * 4  # conditional and unconditional rows, one forward per batch
+    unconditional = torch.cat([batch[batch.shape[0] // 2 :] for batch in seen])
+    assert not torch.equal(unconditional[:, : len(context)], torch.tensor(context).expand(4, -1))
+    plain = gemma_lm._loglikelihood_tokens([(None, context, continuation)])[0][0]
+    assert abs(plain - guided) > 1e-4
+    # a continuation longer than its context does not fit DiffusionGemma's canvas (the last T // 2 tokens)
+    with pytest.raises(ValueError, match="cannot score"):
+        gemma_lm._loglikelihood_tokens([(None, [5, 6], [7, 8, 9, 10])])

@@ -22,9 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def dense_dlm():
-    from sink_modifier.loading import load_model, load_tokenizer
+    from sink_modifier.families import load_pretrained
 
-    return load_model(TINY_DLM, dtype="float32"), load_tokenizer(TINY_DLM)
+    loaded = load_pretrained(TINY_DLM, dtype="float32")
+    return loaded.model, loaded.tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +107,10 @@ def test_single_file_export_through_the_cli(tiny_llama_dir, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
     denoiser = OnnxDenoiser(out)
     ids = _ids(2, 40, seed=1, vocab=VOCAB)
-    from sink_modifier.loading import load_model
+    from sink_modifier.families import load_pretrained
 
     with torch.no_grad():
-        expected = load_model(tiny_llama_dir, dtype="float32")(input_ids=ids).logits
+        expected = load_pretrained(tiny_llama_dir, dtype="float32").model(input_ids=ids).logits
     assert (denoiser(ids) - expected).abs().max() < 1e-4
     # an existing output is not replaced without --overwrite
     assert main(["export-onnx", "--model", str(tiny_llama_dir), "--output", str(out)]) == 2

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from sink_modifier.export import is_n_m_sparse
+from sink_modifier.sparsity_pattern import is_n_m_sparse
 from sink_modifier.runtime import AccelerationReport, accelerate_2of4, eligible_2of4_linears
 from tests.conftest import REPO, tiny_llama_config
 

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from sink_modifier import SinkAwareWandaPruningModifier
-from sink_modifier.process import noise_windows
+from sink_modifier.families import FAMILIES
+from sink_modifier.process import MaskTokenProcess, build_calibration
 from sink_modifier.sinks.stability import (
     apply_sink_policy,
     dominant_sink_movement,
     dominant_sinks,
     mask_stability,
 )
-from tests.conftest import MASK_ID, VOCAB
+from tests.conftest import MASK_ID, VOCAB, rows_loader
 from tests.test_sink_wanda_modifier import block_linears
 
 K, T = 10, 12
@@ -71,22 +72,24 @@ def test_policies_select_the_right_occurrences():
 
 
 @pytest.fixture(scope="module")
-def grouped_rows():
+def grouped():
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(4, VOCAB, (3, 24), generator=g)
-    ids, _, _ = noise_windows(clean, (0.2, 0.5, 0.8, 1.0), MASK_ID, seed=0)
-    return ids  # sample-major: 4 noised copies per window
+    # sample-major: 4 noised copies per window
+    return build_calibration(clean, None, process=MaskTokenProcess(MASK_ID), seq_len=24, num_samples=3,
+                             timesteps=(0.2, 0.5, 0.8, 1.0), seed=0)
 
 
-def _prune_grouped(tiny_llama_dir, ids, batch_size, **kwargs):
+def _prune_grouped(tiny_llama_dir, loader, modifier=None, **kwargs):
     from tests.test_sink_wanda_modifier import prune
 
-    return prune(tiny_llama_dir, [SinkAwareWandaPruningModifier(sparsity=0.5, **kwargs)], ids, batch_size=batch_size)
+    return prune(tiny_llama_dir, [modifier or SinkAwareWandaPruningModifier(sparsity=0.5, **kwargs)], loader)
 
 
-def test_policies_change_masks_when_batches_hold_one_window(tiny_llama_dir, grouped_rows):
+def test_policies_change_masks_when_batches_hold_one_window(tiny_llama_dir, grouped):
+    one_window = grouped.dataloader(batch_size=4)
     results = {
-        policy: {n: m.weight == 0 for n, m in block_linears(_prune_grouped(tiny_llama_dir, grouped_rows, 4, sink_policy=policy)).items()}
+        policy: {n: m.weight == 0 for n, m in block_linears(_prune_grouped(tiny_llama_dir, one_window, sink_policy=policy)).items()}
         for policy in ("all", "unstable", "stable")
     }
     differs = lambda a, b: any(not torch.equal(results[a][n], results[b][n]) for n in results[a])  # noqa: E731
@@ -103,10 +106,41 @@ def _root_message(info) -> str:
     return str(err)
 
 
-def test_policy_refuses_batches_that_mix_windows(tiny_llama_dir, grouped_rows):
+def test_row_table_reaches_the_modifier_through_a_plain_oneshot(tiny_llama_dir, grouped):
+    modifier = SinkAwareWandaPruningModifier(sparsity=0.5, sink_policy="unstable")
+    _prune_grouped(tiny_llama_dir, grouped.dataloader(batch_size=4), modifier)
+    rows = modifier._rows  # read off state.data.calib at initialisation
+    assert rows is not None and rows.batch_size == 4
+    assert torch.equal(rows.window_index, grouped.window_index) and torch.equal(rows.timestep, grouped.timestep)
+
+
+def test_policy_refuses_batches_that_are_not_one_window(tiny_llama_dir, grouped):
     with pytest.raises((ValueError, RuntimeError)) as info:
-        _prune_grouped(tiny_llama_dir, grouped_rows[2:6], 4, sink_policy="unstable")
-    assert "noised copies of one window" in _root_message(info) and "disagree" in _root_message(info)
+        _prune_grouped(tiny_llama_dir, grouped.dataloader(batch_size=3), sink_policy="unstable")
+    assert "noised copies of one window" in _root_message(info) and "not at each of" in _root_message(info)
     with pytest.raises((ValueError, RuntimeError)) as info:
-        _prune_grouped(tiny_llama_dir, grouped_rows[:4], 1, sink_policy="unstable")
-    assert "batch of 1 row" in _root_message(info)
+        _prune_grouped(tiny_llama_dir, grouped.dataloader(batch_size=1), sink_policy="unstable")
+    assert "holds 1 row" in _root_message(info)
+
+
+def test_policy_on_a_plain_dataloader_names_the_calibration_loader(tiny_llama_dir, grouped):
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        _prune_grouped(tiny_llama_dir, rows_loader(grouped.input_ids, 4), sink_policy="unstable")
+    message = _root_message(info)
+    assert "carries no row table" in message and "CalibrationSet.dataloader(batch_size=len(timesteps))" in message
+
+
+def test_attached_calibration_and_family_replace_what_the_modifier_would_find_itself(tiny_llama_dir, grouped):
+    class Spy(type(FAMILIES["bidirectional"])):
+        sink_passes = 0
+
+        def sink_pass(self, model, token_ids, call_kwargs):
+            Spy.sink_passes += 1
+            return super().sink_pass(model, token_ids, call_kwargs)
+
+    modifier = SinkAwareWandaPruningModifier(sparsity=0.5, sink_policy="unstable")
+    modifier.attach(family=Spy(), calibration=grouped)
+    pruned = _prune_grouped(tiny_llama_dir, rows_loader(grouped.input_ids, 4), modifier)  # a plain loader: rows from the set
+    assert Spy.sink_passes == len(grouped) // 4  # one sink pass per batch, through the attached family
+    expected = _prune_grouped(tiny_llama_dir, grouped.dataloader(batch_size=4), sink_policy="unstable")
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(block_linears(pruned).values(), block_linears(expected).values()))

@@ -16,12 +16,13 @@ from tests.conftest import REPO, noised_rows, rows_loader
 
 
 def prune(model_dir, recipe, ids, *, batch_size=1, pipeline="sequential", attn=None):
+    """oneshot on token rows ``ids`` (a plain DataLoader of ``batch_size``), or on a given DataLoader."""
     kwargs = {"attn_implementation": attn} if attn else {}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs)
     oneshot(
         model=model,
         processor=AutoTokenizer.from_pretrained(model_dir),
-        dataset=rows_loader(ids, batch_size),
+        dataset=ids if isinstance(ids, torch.utils.data.DataLoader) else rows_loader(ids, batch_size),
         recipe=recipe,
         pipeline=pipeline,
     )

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from sink_modifier.cli import main
 from sink_modifier.export import METADATA_FILE
-from sink_modifier.export.verify import VerifyReport, load_checkpoint, verify_checkpoint
+from sink_modifier.export.verify import VerifyReport, verify_checkpoint
+from sink_modifier.families import load_pretrained
 from sink_modifier.commands.prune import prune_checkpoint
 from tests.conftest import REPO, VOCAB
 
@@ -200,7 +201,7 @@ def test_quantized_checkpoint_verifies_and_reloads_with_the_in_memory_logits(qua
     assert report.ok, report.problems
     assert report.quantized and any("dequantized at load" in c for c in report.checks)
 
-    reloaded = load_checkpoint(folder)
+    reloaded = load_pretrained(folder).model
     up = reloaded.get_submodule(LAYER)
     assert up.weight.dtype == torch.float32 and up.quantization_scheme.weights.num_bits == 8
 

@@ -1,55 +1,35 @@
 """``sink-modifier analyze``: measure how attention sinks move, write ``analysis.json`` and PNGs.
 
-Wired into :mod:`sink_modifier.cli` with::
-
-    from sink_modifier.commands.analyze import add_analyze_parser, run_analyze
-    add_analyze_parser(commands)            # in build_parser()
-    "analyze": run_analyze                  # in main()'s dispatch table
-
-Heavy imports (models, matplotlib) happen inside :func:`run_analyze`, so building the
-parser stays cheap.
+Heavy imports (models, matplotlib) happen inside :func:`run`, so building the parser stays
+cheap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from sink_modifier.commands.arguments import (
+    add_model_loading_arguments,
+    positive_int,
+    timesteps,
+)
 
 __all__ = [
     "ANALYSIS_FILE",
-    "add_analyze_parser",
+    "add_parser",
     "analyze_models",
     "format_comparison",
     "format_summary",
-    "run_analyze",
-    "write_json_atomically",
+    "run",
 ]
 
 ANALYSIS_FILE = "analysis.json"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _timesteps(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--timesteps takes comma-separated floats in [0, 1], got {text!r}") from err
-    if not values or any(not 0.0 <= t <= 1.0 for t in values):
-        raise argparse.ArgumentTypeError(f"--timesteps takes comma-separated floats in [0, 1], got {text!r}")
-    return values
-
-
-def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``analyze`` subcommand to an ``add_subparsers()`` object; returns its parser."""
     from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS
 
@@ -64,40 +44,25 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="held-out text: .txt/.txt.gz (blank-line separated) or .jsonl")
     parser.add_argument("--output", required=True, help="folder for analysis.json and the PNGs (created)")
     parser.add_argument("--compare", default=None, help="a second model folder (e.g. the AR twin) drawn on the same figures")
-    parser.add_argument("--num-windows", type=_positive, default=16, help="held-out windows (default 16)")
-    parser.add_argument("--seq-len", type=_positive, default=None,
+    parser.add_argument("--num-windows", type=positive_int, default=16, help="held-out windows (default 16)")
+    parser.add_argument("--seq-len", type=positive_int, default=None,
                         help="tokens per window (default: the smaller model maximum of --model/--compare)")
     parser.add_argument("--seed", type=int, default=0, help="seed for windows and noise (default 0)")
-    parser.add_argument("--timesteps", type=_timesteps, default=TRAJECTORY_TIMESTEPS,
-                        help=f"comma-separated timesteps, one step each (default {default_steps}); "
+    parser.add_argument("--timesteps", type=timesteps, default=TRAJECTORY_TIMESTEPS,
+                        help=f"comma-separated timesteps in [0, 1], one step each (default {default_steps}); "
                         "a causal model gets as many prefixes")
-    parser.add_argument("--top-k", type=_positive, default=3, help="strongest keys recorded per step (default 3)")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="strongest keys recorded per step (default 3)")
     parser.add_argument("--sink-std", type=float, default=2.0, help="k of the sink threshold mean + k*std (default 2.0)")
     parser.add_argument("--sink-alpha", type=float, default=5.0, help="slope of the soft sink mask (default 5.0)")
-    parser.add_argument("--batch-size", type=_positive, default=16, help="rows per forward (default 16)")
-    parser.add_argument("--max-chars", type=_positive, default=None, help="read at most this many characters of --data")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per forward (default 16)")
+    parser.add_argument("--max-chars", type=positive_int, default=None, help="read at most this many characters of --data")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    add_model_loading_arguments(parser, "float32")
+    from sink_modifier.families import FAMILIES
+
+    parser.add_argument("--compare-family", choices=list(FAMILIES), default=None,
+                        help="family of --compare (default: detected from its config.json)")
     return parser
-
-
-def write_json_atomically(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as strict JSON to ``path`` via a temporary file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, allow_nan=False, separators=(",", ":"))
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def analyze_models(
@@ -118,26 +83,33 @@ def analyze_models(
     store_layer_samples: int = 2,
     progress: bool = True,
     trust_remote_code: bool = False,
+    families: Sequence[str | None] | None = None,
 ) -> list[dict]:
     """Analyse each model on ``num_windows`` windows of ``data``, one model in memory at a time.
 
     Every model uses the same ``seq_len`` (default: the smallest positional limit among
     them, else 2048), ``seed`` and documents; windows are cut with each model's own
     tokenizer, so models sharing a tokenizer see identical tokens (compare their
-    ``windows_digest``).
+    ``windows_digest``). ``families`` names each model's family (``None``: detected), as ``--family``.
     """
     import torch
     from transformers import AutoConfig
 
-    from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS, analyze_sink_dynamics
+    from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS, SinkDynamicsOptions, analyze_sink_dynamics
     from sink_modifier.data import check_seq_len, load_documents, max_sequence_length, token_windows
-    from sink_modifier.families import load_pretrained
-    from sink_modifier.loading import _check_folder
+    from sink_modifier.families import load_pretrained, open_model_folder
 
     timesteps = tuple(TRAJECTORY_TIMESTEPS if timesteps is None else timesteps)
-    configs = [
-        AutoConfig.from_pretrained(_check_folder(path), trust_remote_code=trust_remote_code) for path in model_paths
-    ]
+    options = SinkDynamicsOptions(
+        timesteps=timesteps, seed=seed, sink_std=sink_std, sink_alpha=sink_alpha, top_k=top_k,
+        batch_size=batch_size, progress=progress, store_mass_samples=store_mass_samples,
+        store_layer_samples=store_layer_samples,
+    )
+    families = list(families) if families is not None else [None] * len(model_paths)
+    if len(families) != len(model_paths):
+        raise ValueError(f"families names {len(families)} families for {len(model_paths)} models")
+    sources = [open_model_folder(path, family) for path, family in zip(model_paths, families)]
+    configs = [AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code) for source in sources]
     if seq_len is None:
         limits = [limit for limit in (max_sequence_length(c) for c in configs) if limit]
         seq_len = min(limits) if limits else 2048
@@ -145,17 +117,11 @@ def analyze_models(
         check_seq_len(seq_len, config)
     documents = load_documents(data, max_chars=max_chars)
     analyses = []
-    for path in model_paths:
-        loaded = load_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    for path, source in zip(model_paths, sources):
+        loaded = load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         model, tokenizer = loaded.model, loaded.tokenizer
         windows = token_windows(documents, tokenizer, seq_len, num_windows, seed=seed)
-        analysis = analyze_sink_dynamics(
-            model, tokenizer, windows, timesteps=timesteps, seed=seed, sink_std=sink_std,
-            diffusion=loaded.family.diffusion, mask_token_id=loaded.mask_token_id,
-            sink_alpha=sink_alpha, top_k=top_k, progress=progress, batch_size=batch_size,
-            store_mass_samples=store_mass_samples, store_layer_samples=store_layer_samples,
-            model_name=str(path),
-        )
+        analysis = analyze_sink_dynamics(model, tokenizer, windows, loaded.family, options, model_name=str(path))
         analysis["data"] = str(data)
         analyses.append(analysis)
         del model
@@ -266,19 +232,21 @@ def format_comparison(analyses: Sequence[dict], labels: Sequence[str] | None = N
 
 
 # -- the subcommand ----------------------------------------------------------------------
-def run_analyze(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``analyze``: write ``analysis.json`` ({"models": [...]}) and the PNGs into ``--output``."""
     from sink_modifier.diagnostics.figures import model_labels, write_figures
+    from sink_modifier.export.atomic import write_json_atomically
 
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output} exists and is not a folder; pass a folder path")
     paths = [args.model] + ([args.compare] if args.compare else [])
+    families = [args.family] + ([args.compare_family] if args.compare else [])
     analyses = analyze_models(
         paths, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
         timesteps=args.timesteps, top_k=args.top_k, sink_std=args.sink_std, sink_alpha=args.sink_alpha,
         batch_size=args.batch_size, max_chars=args.max_chars, dtype=args.dtype,
-        progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
+        progress=not args.no_progress, trust_remote_code=args.trust_remote_code, families=families,
     )
     output.mkdir(parents=True, exist_ok=True)
     labels = model_labels(analyses)

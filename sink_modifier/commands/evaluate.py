@@ -1,4 +1,4 @@
-"""The eval workflow behind ``sink-modifier eval``: a model folder and a text file in, one dict out.
+"""``sink-modifier eval``: a model folder and a text file in, one score dict out.
 
 Held-out windows and evaluation masks depend only on ``(data, seq_len, num_windows, seed)``,
 never on the model, so a dense checkpoint and its pruned copies evaluated with the same
@@ -7,13 +7,52 @@ arguments are scored on identical tokens and masks.
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sink_modifier.data import load_documents, max_sequence_length, token_windows
-from sink_modifier.scoring.evaluate import evaluate_model
-from sink_modifier.families import load_pretrained
+from sink_modifier.commands.arguments import (
+    add_model_loading_arguments,
+    positive_int,
+)
 
-__all__ = ["evaluate_checkpoint"]
+if TYPE_CHECKING:
+    import torch
+
+    from sink_modifier.families import LoadedModel
+
+__all__ = ["add_parser", "evaluate_checkpoint", "evaluate_loaded", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("eval", help="evaluate a model on held-out text")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, help="held-out text (.txt/.txt.gz/.jsonl)")
+    parser.add_argument("--num-windows", type=positive_int, default=64)
+    parser.add_argument("--seq-len", type=positive_int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seed for windows and masks (same for every model)")
+    parser.add_argument("--mc-samples", type=positive_int, default=8, help="Monte-Carlo rows per window for the NELBO")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_loading_arguments(parser, "float32")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(
+        args.model, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
+        mc_samples=args.mc_samples, batch_size=args.batch_size, dtype=args.dtype,
+        progress=not args.json, trust_remote_code=args.trust_remote_code, family=args.family,
+    )
+    if args.json:
+        print(json.dumps(result))
+    elif result["kind"] == "diffusion":
+        ce = ", ".join(f"{r}: {v:.4f}" for r, v in result["masked_ce"].items())
+        print(f"NELBO {result['nelbo']:.4f} ± {result['nelbo_stderr']:.4f} nats/token; masked CE {ce}")
+    else:
+        print(f"perplexity {result['ppl']:.3f} (CE {result['ce']:.4f} nats/token)")
+    return 0
 
 
 def evaluate_checkpoint(
@@ -31,15 +70,37 @@ def evaluate_checkpoint(
     trust_remote_code: bool = False,
     family: str | None = None,
 ) -> dict:
-    """Evaluate a saved model on ``num_windows`` windows of ``data``; see ``evaluate_model``.
+    """Load ``model_path``, cut ``num_windows`` windows of ``data`` with its tokenizer, and
+    :func:`evaluate_loaded` it."""
+    from sink_modifier.data import load_documents, max_sequence_length, token_windows
+    from sink_modifier.families import load_pretrained
 
-    The model's family decides the score: NELBO / masked CE for diffusion models (with Dream's
-    shifted logits and DiffusionGemma's clean prompt + scored canvas), perplexity for causal ones.
-    """
     loaded = load_pretrained(model_path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
+    seq_len = seq_len or max_sequence_length(loaded.model.config) or 2048
+    windows = token_windows(load_documents(data, max_chars=max_chars), loaded.tokenizer, seq_len, num_windows,
+                            seed=seed)
+    result = evaluate_loaded(loaded, windows, seed=seed, mc_samples=mc_samples, batch_size=batch_size,
+                             progress=progress)
+    return {"model": str(model_path), "data": str(data), **result}
+
+
+def evaluate_loaded(
+    loaded: LoadedModel,
+    windows: torch.LongTensor,
+    *,
+    seed: int = 0,
+    mc_samples: int = 8,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Score the loaded model on token ``windows`` ``[N, T]``; see ``scoring.evaluate.evaluate_model``.
+
+    The family decides the score: NELBO / masked CE for diffusion models (with Dream's shifted
+    logits and DiffusionGemma's clean prompt + scored canvas), perplexity for causal ones.
+    """
+    from sink_modifier.scoring.evaluate import evaluate_model
+
     model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
-    seq_len = seq_len or max_sequence_length(model.config) or 2048
-    windows = token_windows(load_documents(data, max_chars=max_chars), tokenizer, seq_len, num_windows, seed=seed)
     diffusion = chosen.diffusion
     result = evaluate_model(
         model,
@@ -55,11 +116,5 @@ def evaluate_checkpoint(
         logits_fn=(lambda ids: chosen.logits(model, ids)) if diffusion else None,
         corrupt=chosen.evaluation_corruption(tokenizer, model.config, seed) if diffusion else None,
     )
-    return {
-        "model": str(model_path),
-        "data": str(data),
-        "family": chosen.name,
-        "kind": "diffusion" if diffusion else "causal",
-        "objective": chosen.objective,
-        **result,
-    }
+    return {"family": chosen.name, "kind": "diffusion" if diffusion else "causal", "objective": chosen.objective,
+            **result}

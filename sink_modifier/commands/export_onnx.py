@@ -1,19 +1,20 @@
 """``sink-modifier export-onnx``: write an ONNX graph ``input_ids -> logits`` checked against PyTorch.
 
-Wired into :mod:`sink_modifier.cli` with ``add_export_onnx_parser(commands)`` and
-``"export-onnx": run_export_onnx``; heavy imports happen inside :func:`run_export_onnx`.
+Heavy imports happen inside :func:`run`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
-__all__ = ["add_export_onnx_parser", "run_export_onnx"]
+from sink_modifier.commands.arguments import add_model_loading_arguments
+
+__all__ = ["add_parser", "run"]
 
 
-def add_export_onnx_parser(subparsers):
-    from sink_modifier.loading import DTYPES
-
+def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export-onnx", help="export a (pruned / quantized) diffusion LM to ONNX and check it with ONNX Runtime",
         description="Writes input_ids [batch, seq_len] -> logits [batch, seq_len, vocab] with dynamic batch and "
@@ -23,7 +24,6 @@ def add_export_onnx_parser(subparsers):
     )
     parser.add_argument("--model", required=True, help="model folder (from_pretrained path)")
     parser.add_argument("--output", required=True, help="folder, or a file ending in .onnx")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype (default float32)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--atol", type=float, default=1e-3,
                         help="largest ORT-vs-PyTorch logit difference accepted (default 1e-3)")
@@ -31,16 +31,21 @@ def add_export_onnx_parser(subparsers):
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    add_model_loading_arguments(parser, "float32", "weights dtype (default float32)")
     return parser
 
 
-def run_export_onnx(args) -> int:
-    from sink_modifier.export.onnx_export import export_onnx
+def run(args: argparse.Namespace) -> int:
+    from sink_modifier.export.atomic import check_output_dir, check_output_file
+    from sink_modifier.export.onnx_export import export_onnx, load_for_export
 
-    result = export_onnx(args.model, args.output, dtype=args.dtype, opset=args.opset, atol=args.atol,
-                         check=not args.no_check, optimize=not args.no_optimize, overwrite=args.overwrite,
-                         trust_remote_code=args.trust_remote_code)
+    # refuse a taken output before the (slow) load; export_onnx checks again only after it
+    check = check_output_file if Path(args.output).suffix == ".onnx" else check_output_dir
+    check(args.output, args.overwrite)
+    loaded = load_for_export(args.model, family=args.family, dtype=args.dtype,
+                             trust_remote_code=args.trust_remote_code)
+    result = export_onnx(loaded, args.output, opset=args.opset, atol=args.atol, check=not args.no_check,
+                         optimize=not args.no_optimize, overwrite=args.overwrite)
     if args.json:
         print(json.dumps({"path": str(result.path), "opset": result.opset, "seconds": result.seconds,
                           "max_abs_diff": result.max_abs_diff, "bidirectional": result.bidirectional}))

@@ -1,9 +1,8 @@
 """``sink-modifier generate``: denoise a completion for a prompt, print it and tokens/s.
 
-Wired into :mod:`sink_modifier.cli` with ``add_generate_parser(commands)`` and
-``"generate": run_generate``. Heavy imports happen inside :func:`run_generate`.
-All model loading is in :func:`load_for_generation`, the one place to swap for a family
-registry (which would also supply ``logits_fn`` and ``logit_shift``).
+Heavy imports happen inside :func:`run`. All model loading is in :func:`load_for_generation`:
+a model folder through the family loader (which supplies ``logits_fn``, ``logit_shift`` and
+any native sampler), or an ONNX export folder.
 """
 
 from __future__ import annotations
@@ -14,32 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["GenerationModel", "add_generate_parser", "load_for_generation", "run_generate"]
+from sink_modifier.commands.arguments import (
+    add_model_loading_arguments,
+    non_negative_float,
+    positive_int,
+)
+
+__all__ = ["GenerationModel", "add_parser", "load_for_generation", "run"]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from err
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     from sink_modifier.generation.sampler import REMASKING
-    from sink_modifier.loading import DTYPES
 
     parser = subparsers.add_parser(
         "generate", help="generate text with a diffusion LM (LLaDA low-confidence remasking sampler)",
@@ -49,25 +33,20 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True,
                         help="model folder, or a folder written by `sink-modifier export-onnx` with --onnx")
     parser.add_argument("--prompt", required=True, help="prompt text")
-    parser.add_argument("--gen-length", type=_positive, default=64, help="tokens to generate (default 64)")
-    parser.add_argument("--steps", type=_positive, default=64, help="denoising steps in total (default 64)")
-    parser.add_argument("--block-length", type=_positive, default=32,
+    parser.add_argument("--gen-length", type=positive_int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--steps", type=positive_int, default=64, help="denoising steps in total (default 64)")
+    parser.add_argument("--block-length", type=positive_int, default=32,
                         help="semi-autoregressive block size; divides --gen-length (default 32)")
-    parser.add_argument("--temperature", type=_non_negative, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--cfg-scale", type=_non_negative, default=0.0, help="classifier-free guidance (default 0)")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--cfg-scale", type=non_negative_float, default=0.0, help="classifier-free guidance (default 0)")
     parser.add_argument("--remasking", choices=list(REMASKING), default="low_confidence")
     parser.add_argument("--logit-shift", type=int, choices=[0, 1], default=None,
                         help="1 for Dream-style models whose logits[i] predict token i+1 (default: the family's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random draws (default 0)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--onnx", action="store_true", help="run the forward pass in ONNX Runtime (export folder)")
-    parser.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch / ORT")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch / ORT")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
-    from sink_modifier.families import FAMILIES
-
-    parser.add_argument("--family", choices=list(FAMILIES), default=None,
-                        help="model family (default: detected from config.json)")
+    add_model_loading_arguments(parser, "float32")
     return parser
 
 
@@ -88,18 +67,16 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
                         trust_remote_code: bool = False, threads: int | None = None,
                         family: str | None = None) -> GenerationModel:
     """Load a model folder (or an ONNX export folder) with its tokenizer and mask id."""
+    from sink_modifier.families import load_pretrained, load_tokenizer
     from sink_modifier.process import resolve_mask_token_id
-    from sink_modifier.loading import load_tokenizer
 
     if onnx:
-        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path, family=family, trust_remote_code=trust_remote_code)
         from sink_modifier.generation.onnx_runtime import OnnxDenoiser
 
         denoiser = OnnxDenoiser(path, intra_op_threads=threads)
         mask_id = denoiser.mask_token_id if denoiser.mask_token_id is not None else resolve_mask_token_id(tokenizer)
         return GenerationModel(denoiser, tokenizer, mask_id, logits_fn=denoiser)
-    from sink_modifier.families import load_pretrained
-
     loaded = load_pretrained(path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
     if not loaded.family.diffusion:
         raise ValueError(
@@ -121,7 +98,7 @@ def _native_sampler(model, family):
     return lambda prompt_ids, gen_length: family.native_generate(model, prompt_ids, gen_length)
 
 
-def run_generate(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from sink_modifier.generation.sampler import generate_with_stats

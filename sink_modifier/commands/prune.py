@@ -1,15 +1,21 @@
-"""The prune workflow behind ``sink-modifier prune``: load → DLM calibration → oneshot → atomic save.
+"""``sink-modifier prune``: load → DLM calibration → oneshot → atomic save.
 
-The model's family (:mod:`sink_modifier.families`, detected from ``config.json`` or named)
-decides loading, the mask token and the noising rule: a diffusion model is calibrated on
-noised copies of each window at the LLaDA timestep grid; a causal model on the clean windows. The written
-folder is the checkpoint llm-compressor writes (dense weights with zeros in place,
-``recipe.yaml``) plus ``sink_modifier.json``: measured sparsity per layer and overall, the
-recipe, the calibration set and seeds, and package versions.
+The model's family (:mod:`sink_modifier.families`, detected from ``config.json`` or named
+with ``--family``) decides loading, the mask token and the forward process, and is handed
+to the sink-aware modifiers (``modifier.attach(family=...)``) rather than re-detected: a
+diffusion model is calibrated on noised copies of each window at the LLaDA timestep grid; a
+causal model on the clean windows. The written folder is the checkpoint llm-compressor
+writes (dense weights with zeros in place, ``recipe.yaml``) plus ``sink_modifier.json``:
+measured sparsity per layer and overall, the recipe, the calibration set and seeds, and
+package versions.
+
+llm-compressor, torch and the model code are imported inside the functions, so building the
+parser stays cheap.
 """
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 import time
@@ -17,26 +23,62 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from loguru import logger
+from sink_modifier.commands.arguments import (
+    add_model_loading_arguments,
+    positive_int,
+    timesteps,
+)
 
-from sink_modifier.process import LLADA_TIMESTEPS
-from sink_modifier.data import max_sequence_length
-from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
-from sink_modifier.families import ModelFamily, load_pretrained
-from sink_modifier.loading import load_checkpoint
+if TYPE_CHECKING:
+    from sink_modifier.families import LoadedModel, ModelFamily
 
-__all__ = ["PruneResult", "package_versions", "prune_checkpoint"]
+__all__ = ["PruneResult", "add_parser", "package_versions", "prune_checkpoint", "prune_model", "run"]
 
 # Read at most this much text for calibration windows by default: enough for thousands of
 # 256-token windows, and it keeps tokenization of a large corpus to seconds.
 DEFAULT_MAX_CHARS = 8_000_000
 
 
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("prune", help="prune a model with a YAML recipe on DLM calibration data")
+    parser.add_argument("--model", required=True, help="model folder (from_pretrained path)")
+    parser.add_argument("--recipe", required=True, help="llm-compressor YAML recipe")
+    parser.add_argument("--data", required=True,
+                        help="calibration text: .txt/.txt.gz (blank-line separated) or .jsonl")
+    parser.add_argument("--output", required=True, help="folder to write; appears only when complete")
+    parser.add_argument("--num-samples", type=positive_int, default=32, help="calibration windows (default 32)")
+    parser.add_argument("--seq-len", type=positive_int, default=None,
+                        help="tokens per window (default: model maximum)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for windows and noise (default 0)")
+    parser.add_argument("--timesteps", type=timesteps, default=None,
+                        help="comma-separated diffusion timesteps in [0, 1] (default: LLaDA grid 0.1..1.0; "
+                        "0 = clean rows)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="calibration rows per batch (default 1, or one window's timesteps for sink_policy)")
+    parser.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential",
+                        help="llm-compressor calibration pipeline (basic = paper's one-shot statistics)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_model_loading_arguments(parser, "auto", "weights dtype while pruning")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    result = prune_checkpoint(
+        args.model, args.recipe, args.data, args.output,
+        num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, timesteps=args.timesteps,
+        batch_size=args.batch_size, dtype=args.dtype, pipeline=args.pipeline,
+        overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, family=args.family,
+    )
+    sparsity = result.metadata["sparsity"]
+    print(f"wrote {result.output_dir}: {sparsity['num_layers']} layers, overall sparsity {sparsity['overall']:.4f}")
+    return 0
+
+
 @dataclass
 class PruneResult:
-    model: torch.nn.Module
+    model: Any  # the pruned torch.nn.Module, in memory
     output_dir: Path
     metadata: dict
 
@@ -60,9 +102,18 @@ def _modifier_settings() -> list[dict]:
 
 
 def _recipe_modifiers(recipe_path: Path) -> list:
+    import sink_modifier  # noqa: F401  (registers our modifiers for the YAML recipe)
     from llmcompressor.recipe import Recipe
 
     return list(Recipe.create_instance(str(recipe_path)).modifiers)
+
+
+def _attach_family(modifiers: list, family: ModelFamily, calibration) -> None:
+    """Hand the family chosen for this command (and the calibration rows) to every sink-aware modifier,
+    so none re-detects it from ``model.config`` (detection stays the fallback of direct ``oneshot`` use)."""
+    for modifier in modifiers:
+        if hasattr(modifier, "attach"):
+            modifier.attach(family=family, calibration=calibration)
 
 
 def _policy_needs_windows(modifiers: list) -> bool:
@@ -70,7 +121,7 @@ def _policy_needs_windows(modifiers: list) -> bool:
     return any(getattr(m, "sink_policy", "all") != "all" for m in modifiers)
 
 
-def _add_family_ignores(modifiers: list, family: ModelFamily, model: torch.nn.Module) -> list[str]:
+def _add_family_ignores(modifiers: list, family: ModelFamily, model) -> list[str]:
     """Add the family's ignores (output head, text-blind modules such as a vision tower) to every modifier."""
     extra = family.pruning_ignore(model)
     for modifier in modifiers:
@@ -98,14 +149,22 @@ def prune_checkpoint(
     trust_remote_code: bool = False,
     family: str | None = None,
 ) -> PruneResult:
-    """Prune ``model_path`` with the YAML ``recipe`` calibrated on ``data``; write ``output_dir``.
+    """Load ``model_path``, build its calibration set from ``data``, and :func:`prune_model` it.
 
-    ``batch_size`` defaults to 1 row, or to one window's noised copies (``len(timesteps)``)
-    when a modifier's ``sink_policy`` compares timesteps; results do not depend on it otherwise.
     ``family`` overrides the family detected from ``config.json`` (see ``sink-modifier families``).
+    Timesteps default to the LLaDA grid for a diffusion family and ``(0.0,)`` (clean rows) for a
+    causal one.
     """
-    import sink_modifier  # noqa: F401  (registers our modifiers for the YAML recipe)
-    from llmcompressor import oneshot
+    import torch
+
+    # llm-compressor (and our modifiers' registration) before the model loads, as for any
+    # oneshot user: loading then sees the same library state as the recipe run.
+    import sink_modifier  # noqa: F401
+    import llmcompressor  # noqa: F401
+    from sink_modifier.data import max_sequence_length
+    from sink_modifier.export import check_output_dir
+    from sink_modifier.families import load_pretrained
+    from sink_modifier.process import LLADA_TIMESTEPS
 
     check_output_dir(output_dir, overwrite)
     recipe_path = Path(recipe)
@@ -114,24 +173,68 @@ def prune_checkpoint(
     torch.manual_seed(seed)
 
     loaded = load_pretrained(model_path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
-    model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
-    diffusion = chosen.diffusion
-    timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if diffusion else (0.0,))
-    seq_len = seq_len or max_sequence_length(model.config) or 2048
+    chosen = loaded.family
+    timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if chosen.diffusion else (0.0,))
+    if not chosen.diffusion and any(t != 0 for t in timesteps):
+        raise ValueError(
+            f"{model_path} is a causal model (family {chosen.name}): it calibrates on clean rows, so there is "
+            f"nothing to noise at timesteps {timesteps}; leave out --timesteps (or pass --timesteps 0), or "
+            "name a diffusion family with --family"
+        )
+    seq_len = seq_len or max_sequence_length(loaded.model.config) or 2048
     calibration = chosen.build_calibration(
-        data, tokenizer, model.config, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps,
-        seed=seed, max_chars=max_chars,
+        data, loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=num_samples,
+        timesteps=timesteps, seed=seed, max_chars=max_chars,
     )
+    return prune_model(
+        loaded, recipe_path, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
+        overwrite=overwrite, trust_remote_code=trust_remote_code, seed=seed,
+        provenance={"source_model": str(model_path), "data": str(data)},
+    )
+
+
+def prune_model(
+    loaded: LoadedModel,
+    recipe: str | Path,
+    calibration,
+    output_dir: str | Path,
+    *,
+    batch_size: int | None = None,
+    pipeline: str = "sequential",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    provenance: dict[str, str] | None = None,
+) -> PruneResult:
+    """Prune the loaded model with the YAML ``recipe`` on ``calibration``; write ``output_dir``.
+
+    ``batch_size`` defaults to 1 row, or to one window's noised copies (``len(timesteps)``)
+    when a modifier's ``sink_policy`` compares timesteps; results do not depend on it otherwise.
+    ``provenance`` (``source_model``, ``data``) goes into ``sink_modifier.json``.
+    """
+    from llmcompressor import oneshot
+    from loguru import logger
+
+    from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
+    from sink_modifier.families import load_pretrained
+
+    check_output_dir(output_dir, overwrite)
+    recipe_path = Path(recipe)
+    model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
+    provenance = {"source_model": str(loaded.folder), "data": None, **(provenance or {})}
+    timesteps = tuple(calibration.timesteps)
     if chosen.pipeline is not None and pipeline != chosen.pipeline:
         logger.info(f"{chosen.name} models calibrate with the {chosen.pipeline!r} pipeline (asked: {pipeline!r})")
         pipeline = chosen.pipeline
     modifiers = _recipe_modifiers(recipe_path)
     ignored = _add_family_ignores(modifiers, chosen, model)
+    _attach_family(modifiers, chosen, calibration)
     if batch_size is None:
         batch_size = len(timesteps) if _policy_needs_windows(modifiers) else 1
     logger.info(
-        f"Calibrating {chosen.name} model on {len(calibration)} rows: {num_samples} windows x "
-        f"{len(timesteps)} timesteps of {seq_len} tokens ({'diffusion' if diffusion else 'causal'})"
+        f"Calibrating {chosen.name} model on {len(calibration)} rows: {calibration.num_samples} windows x "
+        f"{len(timesteps)} timesteps of {calibration.seq_len} tokens "
+        f"({'diffusion' if chosen.diffusion else 'causal'})"
     )
 
     start = time.perf_counter()
@@ -149,13 +252,13 @@ def prune_checkpoint(
 
     metadata = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source_model": str(model_path),
+        "source_model": provenance["source_model"],
         "recipe": recipe_path.read_text(),
         "modifiers": _modifier_settings(),
         "sparsity": None,  # measured from the checkpoint as written, below
         "family": chosen.name,
-        "calibration": {**calibration.describe(), "data": str(data), "batch_size": batch_size,
-                        "pipeline": pipeline, "diffusion": diffusion, "family_ignore": ignored},
+        "calibration": {**calibration.describe(), "data": provenance["data"], "batch_size": batch_size,
+                        "pipeline": pipeline, "diffusion": chosen.diffusion, "family_ignore": ignored},
         "seed": seed,
         "prune_seconds": round(seconds, 2),
         "versions": package_versions(),
@@ -168,8 +271,8 @@ def prune_checkpoint(
         tokenizer.save_pretrained(folder)
         # Record the zeros of the weights as saved: quantization can round small kept
         # weights to zero, so the in-memory float weights would under-count them.
-        reloaded = load_checkpoint(folder, trust_remote_code=trust_remote_code, family=chosen.name)
-        metadata["sparsity"] = sparsity_report(reloaded)
+        reloaded = load_pretrained(folder, family=chosen, trust_remote_code=trust_remote_code)
+        metadata["sparsity"] = sparsity_report(reloaded.model)
 
     output = write_atomically(output_dir, write, metadata=metadata, overwrite=overwrite)
     logger.info(f"Wrote {output} (overall sparsity {metadata['sparsity']['overall']:.2%})")

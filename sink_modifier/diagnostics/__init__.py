@@ -1,13 +1,14 @@
 """Diagnostics: how attention sinks move along a model's trajectory (``sink-modifier analyze``).
 
-:func:`analyze_sink_dynamics` measures one model (dict, JSON-able); :mod:`.figures` draws one
-or two analyses (matplotlib is imported only when a figure is drawn); :mod:`.command` is the
-CLI subcommand.
+:func:`analyze_sink_dynamics` measures one model of a family (dict, JSON-able) under
+:class:`SinkDynamicsOptions`; :mod:`.figures` draws one or two analyses (matplotlib is imported
+only when a figure is drawn); :mod:`sink_modifier.commands.analyze` is the CLI subcommand.
 """
 
 from sink_modifier.diagnostics.trajectory import (
     SINK_KINDS,
     TRAJECTORY_TIMESTEPS,
+    SinkDynamicsOptions,
     analyze_sink_dynamics,
     classify_sink_token,
     is_punctuation,
@@ -17,6 +18,7 @@ from sink_modifier.diagnostics.trajectory import (
 __all__ = [
     "SINK_KINDS",
     "TRAJECTORY_TIMESTEPS",
+    "SinkDynamicsOptions",
     "analyze_sink_dynamics",
     "classify_sink_token",
     "is_punctuation",

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from sink_modifier.diagnostics.trajectory import SINK_KINDS  # noqa: E402
+from sink_modifier.export.atomic import write_file_atomically  # noqa: E402
 
 __all__ = [
     "heatmap_figure",
@@ -72,8 +73,7 @@ def _step_x(analysis: dict) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    write_file_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight"))
     plt.close(fig)
     return path
 

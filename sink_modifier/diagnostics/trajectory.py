@@ -6,9 +6,10 @@ model's sink stays put. Its code never measures this; :func:`analyze_sink_dynami
 
 **Steps.** A trajectory is ``K = len(timesteps)`` steps over each clean window ``[T]``:
 
-* diffusion model (``config.is_causal is False``): step ``k`` is the window noised at
-  ``timesteps[k]`` by :func:`sink_modifier.diffusion.noise_windows` (seeded per
-  (window, timestep), ``t = 0`` is the clean window);
+* diffusion model (the family's ``diffusion`` flag): step ``k`` is the window noised at
+  ``timesteps[k]`` by the family's forward process at its maskable positions
+  (:func:`sink_modifier.process.noise_windows`, seeded per (window, timestep); ``t = 0`` is the
+  clean window), exactly as calibration noises it;
 * causal model: step ``k`` (1-based) is the generation prefix of length
   ``L_k = floor(T * k / K + 0.5)`` (round half up; ``L_K = T``), i.e. the context the
   model has seen after generating that far. Mass is computed on the prefix alone; per-step
@@ -27,7 +28,11 @@ sink is (see :func:`classify_sink_token`) and the max/mean mass ratio of every s
 For causal models a position's soft-mask mean/std is taken over the steps whose prefix
 contains it.
 
-The result is a JSON-able dict (NaN written as ``None``); :mod:`.figures` draws it.
+The analysis runs in small steps: :func:`trajectory_steps` (the token rows of every step),
+:func:`trajectory_mass` (per-layer mass of those rows), :func:`summarize_window` (one
+window's statistics), :func:`aggregate_windows` (statistics over windows), assembled by
+:func:`analyze_sink_dynamics` with its :class:`SinkDynamicsOptions`. The result is a JSON-able
+dict (NaN written as ``None``); :mod:`.figures` draws it.
 """
 
 from __future__ import annotations
@@ -37,25 +42,36 @@ import math
 import string
 import unicodedata
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sink_modifier.data.keyed_random import digest_hex
-from sink_modifier.process import LLADA_TIMESTEPS, is_diffusion_config, noise_windows, resolve_mask_token_id
+from sink_modifier.process import LLADA_TIMESTEPS, ForwardProcess, check_timesteps, noise_windows
 from sink_modifier.sinks.detection import soft_sink_mask
 from sink_modifier.sinks.per_layer import per_layer_attention_mass
 from sink_modifier.sinks.stability import apply_sink_policy, dominant_sink_movement, dominant_sinks
+
+if TYPE_CHECKING:
+    from sink_modifier.families import ModelFamily
 
 __all__ = [
     "SINKLESS_RATIO",
     "SINK_KINDS",
     "TRAJECTORY_TIMESTEPS",
+    "SinkDynamicsOptions",
+    "Trajectory",
+    "aggregate_windows",
     "analyze_sink_dynamics",
     "classify_sink_token",
     "is_punctuation",
     "prefix_lengths",
     "special_token_ids",
+    "summarize_window",
+    "trajectory_mass",
+    "trajectory_steps",
 ]
 
 #: The clean window followed by the LLaDA grid: the 11 noise levels of the published numbers.
@@ -203,178 +219,199 @@ def _masked_position_stability(soft: torch.Tensor, valid: torch.Tensor) -> tuple
     return mean, var.sqrt(), present
 
 
-# -- the analysis ----------------------------------------------------------------------
-def analyze_sink_dynamics(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    windows: torch.LongTensor,
-    *,
-    timesteps: Iterable[float] = LLADA_TIMESTEPS,
-    seed: int = 0,
-    sink_std: float = 2.0,
-    sink_alpha: float = 5.0,
-    top_k: int = 3,
-    progress: bool = True,
-    batch_size: int = 16,
-    diffusion: bool | None = None,
-    mask_token_id: int | None = None,
-    store_mass_samples: int | None = None,
-    store_layer_samples: int = 2,
-    model_name: str | None = None,
-) -> dict:
-    """Sink dynamics of ``model`` on clean ``windows [N, T]`` over ``K = len(timesteps)`` steps.
+# -- the analysis, step by step ------------------------------------------------------------
+@dataclass(frozen=True)
+class SinkDynamicsOptions:
+    """Settings of one analysis (the ``sink-modifier analyze`` options).
 
-    ``diffusion`` defaults to :func:`~sink_modifier.diffusion.is_diffusion_config`;
-    ``mask_token_id`` to the tokenizer's / config's (diffusion only). ``store_mass_samples``
-    (default: all) samples keep their ``[K, T]`` mass and soft-mask mean/std in the result;
-    the first ``store_layer_samples`` also keep the per-layer mass ``[L, K, T]``. Statistics
-    always use every sample. See the module docstring for the definitions and layout.
+    ``store_mass_samples`` (``None``: all) windows keep their ``[K, T]`` mass and soft-mask
+    mean/std in the result; the first ``store_layer_samples`` also keep the per-layer mass
+    ``[L, K, T]``. Statistics always use every window.
     """
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
-        raise ValueError(f"windows must be a LongTensor [num_windows, seq_len], got {getattr(windows, 'shape', windows)!r}")
-    num_windows, seq_len = (int(x) for x in windows.shape)
-    if num_windows < 1 or seq_len < 2:
-        raise ValueError(f"need at least one window of >= 2 tokens, got shape {tuple(windows.shape)}")
-    grid = tuple(float(t) for t in timesteps)
-    if not grid:
-        raise ValueError("timesteps is empty; pass at least one step")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    config = getattr(model, "config", None)
-    if diffusion is None:
-        diffusion = is_diffusion_config(config)
-    specials = special_token_ids(tokenizer, config)
-    if diffusion:
-        mask_token_id = resolve_mask_token_id(tokenizer, config) if mask_token_id is None else int(mask_token_id)
-        specials["mask"] = mask_token_id
-    num_steps = len(grid)
-    store_mass_samples = num_windows if store_mass_samples is None else int(store_mass_samples)
 
-    windows = windows.cpu()
-    # ---- mass: [L, N, K, T] (NaN where a causal prefix does not reach), tokens [N, K, T]
-    if diffusion:
-        lengths = [seq_len] * num_steps
-        noised, _, _ = noise_windows(windows, grid, mask_token_id, seed)
-        step_ids = noised.view(num_windows, num_steps, seq_len)
-        layer_mass = _layer_mass(model, noised, batch_size, progress, "sink dynamics (noised rows)")
-        layer_mass = layer_mass.view(layer_mass.shape[0], num_windows, num_steps, seq_len)
-    else:
-        lengths = prefix_lengths(seq_len, num_steps)
-        step_ids = windows[:, None, :].expand(num_windows, num_steps, seq_len)
-        layer_mass = None
-        for k, length in enumerate(lengths):
-            part = _layer_mass(model, windows[:, :length], batch_size, progress,
-                               f"sink dynamics (prefix {k + 1}/{num_steps})")  # [L, N, length]
-            if layer_mass is None:
-                layer_mass = torch.full((part.shape[0], num_windows, num_steps, seq_len), float("nan"))
-            layer_mass[:, :, k, :length] = part
-    num_layers = int(layer_mass.shape[0])
-    positions = torch.arange(seq_len)
-    valid = positions[None, :] < torch.tensor(lengths)[:, None]  # [K, T]
-    mass_all = layer_mass.sum(0)  # [N, K, T]; NaN stays NaN
+    timesteps: tuple[float, ...] = LLADA_TIMESTEPS
+    seed: int = 0
+    sink_std: float = 2.0
+    sink_alpha: float = 5.0
+    top_k: int = 3
+    batch_size: int = 16
+    progress: bool = True
+    store_mass_samples: int | None = None
+    store_layer_samples: int = 2
 
-    decode_cache: dict[int, str] = {}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timesteps", check_timesteps(self.timesteps))
+        for name in ("top_k", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
 
-    def decode(token_id: int) -> str:
-        if token_id not in decode_cache:
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The token rows of every step: ``step_ids [N, K, T]``, the real length of each step
+    (``T`` for diffusion, the prefix length for causal models), and the process that noised them."""
+
+    step_ids: torch.LongTensor
+    lengths: list[int]
+    process: ForwardProcess | None
+
+    @property
+    def diffusion(self) -> bool:
+        return self.process is not None
+
+    @property
+    def valid(self) -> torch.BoolTensor:
+        """``[K, T]``: which positions each step really has."""
+        return torch.arange(self.step_ids.shape[-1])[None, :] < torch.tensor(self.lengths)[:, None]
+
+
+def trajectory_steps(
+    windows: torch.LongTensor, timesteps: tuple[float, ...], process: ForwardProcess | None, seed: int,
+    maskable: torch.BoolTensor | None = None,
+) -> Trajectory:
+    """Diffusion (a ``process``): each window noised at every timestep, at the ``maskable``
+    positions, as calibration noises it. Causal (``None``): the window itself, seen through
+    :func:`prefix_lengths` growing prefixes."""
+    num_windows, seq_len = windows.shape
+    num_steps = len(timesteps)
+    if process is not None:
+        noised, _, _ = noise_windows(windows, timesteps, process, seed, maskable)
+        return Trajectory(noised.view(num_windows, num_steps, seq_len), [seq_len] * num_steps, process)
+    steps = windows[:, None, :].expand(num_windows, num_steps, seq_len)
+    return Trajectory(steps, prefix_lengths(seq_len, num_steps), None)
+
+
+def trajectory_mass(model, trajectory: Trajectory, batch_size: int, progress: bool = False) -> torch.Tensor:
+    """Per-layer mass ``[L, N, K, T]`` of every step (NaN where a causal prefix does not reach)."""
+    num_windows, num_steps, seq_len = trajectory.step_ids.shape
+    if trajectory.diffusion:
+        rows = trajectory.step_ids.reshape(num_windows * num_steps, seq_len)
+        layer_mass = _layer_mass(model, rows, batch_size, progress, "sink dynamics (noised rows)")
+        return layer_mass.view(layer_mass.shape[0], num_windows, num_steps, seq_len)
+    layer_mass = None
+    for k, length in enumerate(trajectory.lengths):
+        part = _layer_mass(model, trajectory.step_ids[:, k, :length], batch_size, progress,
+                           f"sink dynamics (prefix {k + 1}/{num_steps})")  # [L, N, length]
+        if layer_mass is None:
+            layer_mass = torch.full((part.shape[0], num_windows, num_steps, seq_len), float("nan"))
+        layer_mass[:, :, k, :length] = part
+    return layer_mass
+
+
+class _KeyDescriber:
+    """Describes a key of a step (position, ratio, token and its kind), decoding each token id once."""
+
+    def __init__(self, tokenizer: Any, specials: dict[str, int | None]) -> None:
+        self.tokenizer, self.specials = tokenizer, specials
+        self.cache: dict[int, str] = {}
+
+    def decode(self, token_id: int) -> str:
+        if token_id not in self.cache:
             try:
-                decode_cache[token_id] = tokenizer.decode([token_id])
+                self.cache[token_id] = self.tokenizer.decode([token_id])
             except Exception:  # a tokenizer that cannot decode one id: treat as not punctuation
-                decode_cache[token_id] = ""
-        return decode_cache[token_id]
+                self.cache[token_id] = ""
+        return self.cache[token_id]
 
-    def describe_key(sample_ids: torch.Tensor, k: int, pos: int, ratio: float) -> dict:
+    def __call__(self, sample_ids: torch.Tensor, k: int, pos: int, ratio: float) -> dict:
         token_id = int(sample_ids[k, pos])
-        text = decode(token_id)
+        text = self.decode(token_id)
         return {
             "position": pos,
             "ratio": round(ratio, 4),
             "token_id": token_id,
             "token": text,
             "kind": classify_sink_token(
-                token_id, pos, mask_token_id=specials["mask"], eos_token_id=specials["eos"],
-                bos_token_id=specials["bos"], pad_token_id=specials["pad"], text=text,
+                token_id, pos, mask_token_id=self.specials["mask"], eos_token_id=self.specials["eos"],
+                bos_token_id=self.specials["bos"], pad_token_id=self.specials["pad"], text=text,
             ),
         }
 
-    samples = []
-    layer_stats: list[dict[str, list[float]]] = [
-        {"position_std": [], "stay_fraction": [], "ratio": []} for _ in range(num_layers)
-    ]
-    for s in range(num_windows):
-        mass = mass_all[s].nan_to_num(0.0)  # [K, T]; invalid positions are masked everywhere below
-        sample_ids = step_ids[s]
-        dominant = dominant_sinks(mass, valid)
-        movement = dominant_sink_movement(mass, valid)
-        means = torch.stack([mass[k, valid[k]].mean() for k in range(num_steps)])  # [K]
-        masked = mass.masked_fill(~valid, float("-inf"))
-        steps = []
-        for k in range(num_steps):
-            kk = min(top_k, int(valid[k].sum()))
-            values, idx = masked[k].topk(kk)
-            mean_k = float(means[k])
-            top = [describe_key(sample_ids, k, int(p), float(v) / mean_k if mean_k > 0 else float("nan"))
-                   for v, p in zip(values.tolist(), idx.tolist())]
-            steps.append({"ratio": top[0]["ratio"], "kind": top[0]["kind"], "top": top})
-        with_sink = torch.tensor([step["ratio"] >= SINKLESS_RATIO for step in steps])
-        if with_sink.any():
-            movement_with_sink = {**dominant_sink_movement(mass[with_sink], valid[with_sink]),
-                                  "steps": int(with_sink.sum())}
-        else:
-            movement_with_sink = {"position_std": None, "stay_fraction": None, "distinct_positions": 0, "steps": 0}
-        soft = soft_sink_mask(mass, sink_std, sink_alpha, valid)  # [K, T], 0 at invalid
-        s_mean, s_std, present = _masked_position_stability(soft, valid)
-        seen = present > 0
-        ever_sink = ((soft > 0.5) & valid).any(0)
-        stability = {
+
+def summarize_window(
+    index: int,
+    mass: torch.Tensor,
+    layer_mass: torch.Tensor,
+    sample_ids: torch.LongTensor,
+    valid: torch.BoolTensor,
+    describe_key: Callable[[torch.Tensor, int, int, float], dict],
+    options: SinkDynamicsOptions,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """One window's entry of the result and its per-layer movement statistics.
+
+    ``mass [K, T]`` and ``layer_mass [L, K, T]`` may hold NaN at invalid positions; ``valid
+    [K, T]`` says which positions each step has.
+    """
+    num_steps = valid.shape[0]
+    filled = mass.nan_to_num(0.0)  # invalid positions are masked everywhere below
+    dominant = dominant_sinks(filled, valid)
+    movement = dominant_sink_movement(filled, valid)
+    means = torch.stack([filled[k, valid[k]].mean() for k in range(num_steps)])  # [K]
+    masked = filled.masked_fill(~valid, float("-inf"))
+    steps = []
+    for k in range(num_steps):
+        kk = min(options.top_k, int(valid[k].sum()))
+        values, idx = masked[k].topk(kk)
+        mean_k = float(means[k])
+        top = [describe_key(sample_ids, k, int(p), float(v) / mean_k if mean_k > 0 else float("nan"))
+               for v, p in zip(values.tolist(), idx.tolist())]
+        steps.append({"ratio": top[0]["ratio"], "kind": top[0]["kind"], "top": top})
+    with_sink = torch.tensor([step["ratio"] >= SINKLESS_RATIO for step in steps])
+    if with_sink.any():
+        movement_with_sink = {**dominant_sink_movement(filled[with_sink], valid[with_sink]),
+                              "steps": int(with_sink.sum())}
+    else:
+        movement_with_sink = {"position_std": None, "stay_fraction": None, "distinct_positions": 0, "steps": 0}
+    soft = soft_sink_mask(filled, options.sink_std, options.sink_alpha, valid)  # [K, T], 0 at invalid
+    s_mean, s_std, present = _masked_position_stability(soft, valid)
+    seen = present > 0
+    ever_sink = ((soft > 0.5) & valid).any(0)
+    entry: dict[str, Any] = {
+        "index": index,
+        "dominant_positions": dominant.tolist(),
+        "movement": movement,
+        "movement_with_sink": movement_with_sink,
+        "steps": steps,
+        "mask_stability": {
             "sink_positions": int(ever_sink.sum()),
             "stable": int(((s_mean >= STABLE_MEAN) & (s_std <= UNSTABLE_STD) & seen).sum()),
             "unstable": int(((s_std > UNSTABLE_STD) & seen).sum()),
             "mean_soft_mask_std": float(s_std[seen].mean()),
-        }
-        entry: dict[str, Any] = {
-            "index": s,
-            "dominant_positions": dominant.tolist(),
-            "movement": movement,
-            "movement_with_sink": movement_with_sink,
-            "steps": steps,
-            "mask_stability": stability,
-        }
-        if s < store_mass_samples:
-            entry["mass"] = _floats(mass_all[s], 3)
-            entry["soft_mask_mean"] = _floats(s_mean.masked_fill(~seen, float("nan")), 4)
-            entry["soft_mask_std"] = _floats(s_std.masked_fill(~seen, float("nan")), 4)
-        if s < store_layer_samples:
-            entry["layer_mass"] = _floats(layer_mass[:, s], 3)
-        samples.append(entry)
+        },
+    }
+    store_mass = options.store_mass_samples is None or index < options.store_mass_samples
+    if store_mass:
+        entry["mass"] = _floats(mass, 3)
+        entry["soft_mask_mean"] = _floats(s_mean.masked_fill(~seen, float("nan")), 4)
+        entry["soft_mask_std"] = _floats(s_std.masked_fill(~seen, float("nan")), 4)
+    if index < options.store_layer_samples:
+        entry["layer_mass"] = _floats(layer_mass, 3)
 
-        for layer in range(num_layers):
-            lm = layer_mass[layer, s].nan_to_num(0.0)
-            mv = dominant_sink_movement(lm, valid)
-            layer_stats[layer]["position_std"].append(mv["position_std"])
-            layer_stats[layer]["stay_fraction"].append(mv["stay_fraction"])
-            lmax = lm.masked_fill(~valid, float("-inf")).max(-1).values
-            lmean = torch.stack([lm[k, valid[k]].mean() for k in range(num_steps)])
-            layer_stats[layer]["ratio"].append(float((lmax / lmean.clamp_min(1e-12)).mean()))
+    per_layer = []
+    for lm in layer_mass.nan_to_num(0.0):
+        mv = dominant_sink_movement(lm, valid)
+        lmax = lm.masked_fill(~valid, float("-inf")).max(-1).values
+        lmean = torch.stack([lm[k, valid[k]].mean() for k in range(num_steps)])
+        per_layer.append({"position_std": mv["position_std"], "stay_fraction": mv["stay_fraction"],
+                          "ratio": float((lmax / lmean.clamp_min(1e-12)).mean())})
+    return entry, per_layer
 
-    # ---- aggregates over samples
+
+def aggregate_windows(
+    samples: list[dict], per_layer: list[list[dict[str, float]]], steps: list[dict], seq_len: int
+) -> dict[str, Any]:
+    """Statistics over windows: movement, sink kinds and tokens, per-step ratios, stability, per layer.
+
+    ``per_layer[s][layer]`` are :func:`summarize_window`'s layer statistics of window ``s``;
+    ``steps`` the per-step facts (timestep, prefix length, noise rate) merged into ``ratio_per_step``.
+    """
+    num_steps = len(steps)
     kinds_total = Counter(step["kind"] for sample in samples for step in sample["steps"])
     kinds_per_step = [Counter(sample["steps"][k]["kind"] for sample in samples) for k in range(num_steps)]
     tokens = Counter(sample["steps"][k]["top"][0]["token"] for sample in samples for k in range(num_steps))
-    step_info = []
-    for k in range(num_steps):
-        info: dict[str, Any] = {"step": k, "timestep": grid[k] if diffusion else None, "prefix_len": lengths[k]}
-        if diffusion:
-            maskable = windows != mask_token_id
-            newly = (step_ids[:, k] == mask_token_id) & maskable
-            info["mask_rate"] = float(newly.sum()) / max(1, int(maskable.sum()))
-        step_info.append(info)
-    ratio_per_step = []
-    for k in range(num_steps):
-        ratio_per_step.append({**step_info[k], **_stats(sample["steps"][k]["ratio"] for sample in samples)})
-    aggregate = {
+    num_layers = len(per_layer[0]) if per_layer else 0
+    return {
         "position_std": _stats(sample["movement"]["position_std"] for sample in samples),
         "stay_fraction": _stats(sample["movement"]["stay_fraction"] for sample in samples),
         "distinct_positions": _stats(sample["movement"]["distinct_positions"] for sample in samples),
@@ -387,42 +424,103 @@ def analyze_sink_dynamics(
         # std of a position drawn uniformly from 0..T-1: what a sink with no memory would give
         "uniform_position_std": math.sqrt((seq_len**2 - 1) / 12.0),
         "position0_share": sum(p == 0 for sample in samples for p in sample["dominant_positions"])
-        / (num_windows * num_steps),
+        / (len(samples) * num_steps),
         "kinds": {kind: kinds_total.get(kind, 0) for kind in SINK_KINDS},
         "kinds_per_step": [{kind: c.get(kind, 0) for kind in SINK_KINDS} for c in kinds_per_step],
         "top_tokens": [[tok, n] for tok, n in tokens.most_common(10)],
-        "ratio_per_step": ratio_per_step,
+        "ratio_per_step": [
+            {**steps[k], **_stats(sample["steps"][k]["ratio"] for sample in samples)} for k in range(num_steps)
+        ],
         "stability": {
             key: _stats(sample["mask_stability"][key] for sample in samples)
             for key in ("sink_positions", "stable", "unstable", "mean_soft_mask_std")
         },
         "per_layer": [
-            {"layer": layer, **{key: _stats(values)["mean"] for key, values in stats.items()}}
-            for layer, stats in enumerate(layer_stats)
+            {"layer": layer, **{key: _stats(window[layer][key] for window in per_layer)["mean"]
+                                for key in ("position_std", "stay_fraction", "ratio")}}
+            for layer in range(num_layers)
         ],
     }
+
+
+def _step_facts(trajectory: Trajectory, windows: torch.LongTensor, timesteps: tuple[float, ...]) -> list[dict]:
+    """Per step: its timestep (diffusion), prefix length, and the observed noise rate (diffusion)."""
+    facts = []
+    for k, length in enumerate(trajectory.lengths):
+        info: dict[str, Any] = {"step": k, "timestep": timesteps[k] if trajectory.diffusion else None,
+                                "prefix_len": length}
+        if trajectory.process is not None:
+            rate = trajectory.process.observed_rate(windows, trajectory.step_ids[:, k])
+            info["mask_rate"] = 0.0 if rate is None else rate
+        facts.append(info)
+    return facts
+
+
+def analyze_sink_dynamics(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    windows: torch.LongTensor,
+    family: ModelFamily,
+    options: SinkDynamicsOptions = SinkDynamicsOptions(),
+    *,
+    model_name: str | None = None,
+) -> dict:
+    """Sink dynamics of ``model`` (of ``family``) on clean ``windows [N, T]`` over ``K = len(options.timesteps)`` steps.
+
+    A diffusion family's steps are its forward process (``family.forward_process``) at each
+    timestep, on its maskable positions; a causal family's are growing prefixes. See the
+    module docstring for the definitions and layout.
+    """
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
+        raise ValueError(f"windows must be a LongTensor [num_windows, seq_len], got {getattr(windows, 'shape', windows)!r}")
+    num_windows, seq_len = (int(x) for x in windows.shape)
+    if num_windows < 1 or seq_len < 2:
+        raise ValueError(f"need at least one window of >= 2 tokens, got shape {tuple(windows.shape)}")
+    config = getattr(model, "config", None)
+    grid = options.timesteps
+    process = family.forward_process(tokenizer, config, options.seed) if family.diffusion else None
+    specials = special_token_ids(tokenizer, config)
+    if process is not None:
+        specials["mask"] = getattr(process, "mask_token_id", None)
+
+    windows = windows.cpu()
+    trajectory = trajectory_steps(windows, grid, process, options.seed,
+                                  family.maskable(windows, tokenizer, config) if process is not None else None)
+    layer_mass = trajectory_mass(model, trajectory, options.batch_size, options.progress)
+    mass_all = layer_mass.sum(0)  # [N, K, T]; NaN stays NaN
+    valid = trajectory.valid
+    describe_key = _KeyDescriber(tokenizer, specials)
+    samples, per_layer = [], []
+    for s in range(num_windows):
+        entry, layers = summarize_window(s, mass_all[s], layer_mass[:, s], trajectory.step_ids[s], valid,
+                                         describe_key, options)
+        samples.append(entry)
+        per_layer.append(layers)
+    steps = _step_facts(trajectory, windows, grid)
+
+    store_mass_samples = num_windows if options.store_mass_samples is None else int(options.store_mass_samples)
     name = model_name
     if name is None:
         name = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or type(model).__name__
     return {
         "model": str(name),
-        "kind": "diffusion" if diffusion else "causal",
-        "steps_are": "noised copies of the window at each timestep" if diffusion
+        "kind": "diffusion" if trajectory.diffusion else "causal",
+        "steps_are": "noised copies of the window at each timestep" if trajectory.diffusion
         else "generation prefixes of length round(T*k/K), k=1..K; mass padded to T with null",
-        "seed": int(seed),
+        "seed": int(options.seed),
         "timesteps": list(grid),
-        "steps": step_info,
+        "steps": steps,
         "num_windows": num_windows,
         "seq_len": seq_len,
-        "num_layers": num_layers,
-        "sink_std": float(sink_std),
-        "sink_alpha": float(sink_alpha),
-        "top_k": top_k,
+        "num_layers": int(layer_mass.shape[0]),
+        "sink_std": float(options.sink_std),
+        "sink_alpha": float(options.sink_alpha),
+        "top_k": options.top_k,
         "special_token_ids": specials,
         "stability_thresholds": {"unstable_std": UNSTABLE_STD, "stable_mean": STABLE_MEAN},
         "windows_digest": digest_hex(windows.numpy().tobytes()),
         "samples_with_mass": min(store_mass_samples, num_windows),
-        "samples_with_layer_mass": min(store_layer_samples, num_windows),
-        "aggregate": aggregate,
+        "samples_with_layer_mass": min(options.store_layer_samples, num_windows),
+        "aggregate": aggregate_windows(samples, per_layer, steps, seq_len),
         "samples": samples,
     }

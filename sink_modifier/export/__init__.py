@@ -7,7 +7,7 @@ from sink_modifier.export.atomic import (
     write_atomically,
 )
 from sink_modifier.export.onnx_export import OnnxExportResult, export_onnx
-from sink_modifier.export.sparsity import is_n_m_sparse, sparsity_report
+from sink_modifier.export.sparsity import sparsity_report
 
 __all__ = [
     "METADATA_FILE",
@@ -15,7 +15,6 @@ __all__ = [
     "OutputExistsError",
     "check_output_dir",
     "export_onnx",
-    "is_n_m_sparse",
     "sparsity_report",
     "write_atomically",
 ]

@@ -19,10 +19,8 @@ Output: a folder (``model.onnx`` with external weight data beside it when large,
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import json
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,11 +29,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sink_modifier.export.atomic import check_output_dir, write_atomically
+from sink_modifier.export.atomic import (
+    check_output_dir,
+    check_output_file,
+    write_atomically,
+    write_file_atomically,
+    write_json_atomically,
+)
+from sink_modifier.families import DTYPES, LoadedModel, ModelFamily, load_pretrained, open_model_folder
 
-__all__ = [
-    "ONNX_FILE", "ONNX_METADATA_FILE", "OnnxExportResult", "export_onnx", "load_for_export", "read_export_metadata",
-]
+__all__ = ["ONNX_FILE", "ONNX_METADATA_FILE", "OnnxExportResult", "export_onnx", "load_for_export"]
 
 ONNX_FILE = "model.onnx"
 ONNX_METADATA_FILE = "onnx_export.json"
@@ -65,24 +68,20 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, **self._kwargs).logits
 
 
-def load_for_export(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False) -> nn.Module:
+def load_for_export(
+    path: str | Path, *, family: str | ModelFamily | None = None, dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
     """Load a model folder as a plain float model (quantized checkpoints dequantized)."""
-    from sink_modifier.loading import load_checkpoint, load_model, quantization_config
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a model folder (no config.json); pass the directory "
-                                "that from_pretrained would load")
-    config = json.loads((folder / "config.json").read_text())
-    if quantization_config(config) is None:
-        return load_model(folder, dtype=dtype, trust_remote_code=trust_remote_code)
-    return _dequantized_plain(load_checkpoint(folder, trust_remote_code=trust_remote_code, quantized=True), dtype)
+    source = open_model_folder(path, family)
+    if not source.quantized:
+        return load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, quantized=False)
+    loaded = load_pretrained(source, trust_remote_code=trust_remote_code, quantized=True)
+    return dataclasses.replace(loaded, model=_dequantized_plain(loaded.model, dtype))
 
 
 def _dequantized_plain(quantized: nn.Module, dtype: str) -> nn.Module:
     """A model of the same config without quantization modules, holding the dequantized weights."""
-    from sink_modifier.loading import DTYPES
-
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -101,8 +100,10 @@ def _dequantized_plain(quantized: nn.Module, dtype: str) -> nn.Module:
 def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool) -> tuple[nn.Module, Path | None]:
     if isinstance(model_or_dir, nn.Module):
         return model_or_dir.eval(), None
-    folder = Path(model_or_dir)
-    return load_for_export(folder, dtype=dtype, trust_remote_code=trust_remote_code), folder
+    loaded = model_or_dir if isinstance(model_or_dir, LoadedModel) else load_for_export(
+        model_or_dir, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    return loaded.model, loaded.folder
 
 
 def _example_ids(config, batch: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -144,7 +145,7 @@ def _check_ort(onnx_path: Path, wrapper: _LogitsOnly, config, lengths: tuple[int
 
 
 def export_onnx(
-    model_or_dir: nn.Module | str | Path,
+    model_or_dir: nn.Module | LoadedModel | str | Path,
     out_path: str | Path,
     *,
     dtype: str = "float32",
@@ -160,6 +161,8 @@ def export_onnx(
 ) -> OnnxExportResult:
     """Export ``input_ids [B, L] -> logits [B, L, V]`` with dynamic ``B`` and ``L``; verify with ORT.
 
+    ``model_or_dir`` is a model, one loaded by :func:`load_for_export` (its folder supplies the
+    tokenizer files), or a model folder (loaded that way here; ``dtype`` applies only then).
     ``out_path`` ending in ``.onnx`` is written as one self-contained file (under 2 GB of
     weights); anything else is a folder with ``model.onnx``, external data if needed,
     ``config.json``, the tokenizer (copied from the source folder or ``tokenizer``) and
@@ -175,7 +178,7 @@ def export_onnx(
                           "pip install 'sink-modifier[onnx]'") from err
     out = Path(out_path)
     single_file = out.suffix == ".onnx"
-    check_output_dir(out, overwrite) if not single_file else _check_file(out, overwrite)
+    check_output_dir(out, overwrite) if not single_file else check_output_file(out, overwrite)
     model, source = _resolve_model(model_or_dir, dtype, trust_remote_code)
     config = getattr(model, "config", None)
     if getattr(config, "is_causal", None) is True:
@@ -220,44 +223,15 @@ def export_onnx(
             if config is not None:
                 config.save_pretrained(target)
             _copy_tokenizer(source, tokenizer, target)
-            (target / ONNX_METADATA_FILE).write_text(json.dumps(result["metadata"], indent=2, sort_keys=True) + "\n")
+            write_json_atomically(target / ONNX_METADATA_FILE, result["metadata"], pretty=True)
 
     if single_file:
-        _write_file_atomically(out, write)
-        onnx_file = out
+        onnx_file = write_file_atomically(out, write)
     else:
         onnx_file = write_atomically(out, write, overwrite=overwrite) / ONNX_FILE
     return OnnxExportResult(path=onnx_file, opset=result["opset"], seconds=time.perf_counter() - start,
                             max_abs_diff=result["diffs"], bidirectional=result["bidirectional"],
                             metadata=result["metadata"])
-
-
-def _check_file(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
-    if out.exists() and out.is_dir():
-        raise FileExistsError(f"{out} is a folder; pass a folder path without the .onnx suffix to export into it")
-
-
-def _write_file_atomically(out: Path, write) -> None:
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.partial-", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        tmp.chmod(0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _runtime_facts(config) -> dict[str, str]:
@@ -324,9 +298,3 @@ def _copy_tokenizer(source: Path | None, tokenizer, target: Path) -> None:
         if (source / name).is_file():
             (target / name).write_bytes((source / name).read_bytes())
 
-
-def read_export_metadata(path: str | Path) -> dict:
-    """``onnx_export.json`` of an export folder (or of the folder holding a ``.onnx`` file), or {}."""
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    meta = folder / ONNX_METADATA_FILE
-    return json.loads(meta.read_text()) if meta.is_file() else {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_n_m_sparse", "prunable_weights", "sparsity_report"]
+from sink_modifier.families.modules import expert_stacks, output_head
+
+__all__ = ["prunable_weights", "sparsity_report"]
 
 
 def prunable_weights(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)):
@@ -18,20 +20,11 @@ def prunable_weights(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",
     (DiffusionGemma's encoder and decoder share every layer) is listed under both names, so
     either module can be looked up; the overall fraction is unchanged by the repeat.
     """
-    getter = getattr(model, "get_output_embeddings", None)
-    try:
-        head = getter() if callable(getter) else None
-    except (AttributeError, NotImplementedError):
-        head = None
+    head = output_head(model)
     for name, module in model.named_modules():
         if module is head or name.endswith(skip):
             continue
-        if isinstance(module, torch.nn.Linear):
-            candidates = [(name, module.weight)]
-        elif type(module).__name__.endswith("Experts"):
-            candidates = [(f"{name}.{p}", w) for p, w in module.named_parameters(recurse=False) if w.dim() == 3]
-        else:
-            continue
+        candidates = [(name, module.weight)] if isinstance(module, torch.nn.Linear) else expert_stacks(module, name)
         for full_name, weight in candidates:
             weight = weight.detach()
             yield full_name, weight.reshape(-1, weight.shape[-1]) if weight.dim() == 3 else weight
@@ -55,10 +48,3 @@ def sparsity_report(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)
         "per_layer": per_layer,
     }
 
-
-def is_n_m_sparse(weight: torch.Tensor, n: int, m: int) -> bool:
-    """True when every group of ``m`` consecutive inputs of every row has at least ``n`` zeros."""
-    rows, cols = weight.shape
-    if cols % m:
-        return False
-    return bool(((weight == 0).reshape(rows, cols // m, m).sum(-1) >= n).all())

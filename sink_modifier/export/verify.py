@@ -26,20 +26,16 @@ path that is not a folder raises.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from sink_modifier.export.atomic import METADATA_FILE
-from sink_modifier.export.sparsity import is_n_m_sparse
-from sink_modifier.families.loading import load_family_model
-from sink_modifier.loading import load_checkpoint, quantization_config
+from sink_modifier.families import ModelFamily, load_pretrained, quantization_config
+from sink_modifier.sparsity_pattern import is_n_m_sparse, parse_mask_structure
 
-__all__ = ["VerifyReport", "load_checkpoint", "verify_checkpoint"]
-
-_N_M = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+__all__ = ["VerifyReport", "verify_checkpoint"]
 _FORWARD_TOKENS = 8
 
 
@@ -161,17 +157,12 @@ def _n_m_structures(meta: dict, report: VerifyReport) -> list[tuple[int, int]]:
         structure = settings.get("mask_structure")
         if structure is None:
             continue
-        match = _N_M.match(str(structure))
-        if match is None:
-            report.problems.append(
-                f"{settings.get('type', 'modifier')} has mask_structure {structure!r}, expected 'N:M'"
-            )
+        try:
+            n, m = parse_mask_structure(structure)
+        except ValueError as err:
+            report.problems.append(f"{settings.get('type', 'modifier')}: {err}")
             continue
-        n, m = int(match.group(1)), int(match.group(2))
         if n > 0 and (n, m) not in found:
-            if m < 1 or n > m:
-                report.problems.append(f"{settings.get('type', 'modifier')} has invalid mask_structure {structure!r}")
-                continue
             found.append((n, m))
     return found
 
@@ -280,7 +271,8 @@ def _check_forward(model, family, report: VerifyReport) -> None:
 
 
 def verify_checkpoint(
-    path: str | Path, *, tolerance: float = 1e-6, trust_remote_code: bool = False, family: str | None = None
+    path: str | Path, *, tolerance: float = 1e-6, trust_remote_code: bool = False,
+    family: str | ModelFamily | None = None,
 ) -> VerifyReport:
     """Check a pruned (optionally quantized) checkpoint folder; see the module docstring."""
     if not tolerance >= 0:
@@ -300,9 +292,9 @@ def verify_checkpoint(
     model = None
     if config is not None:
         try:
-            model, chosen = load_family_model(
-                folder, family=family, trust_remote_code=trust_remote_code, quantized=report.quantized
-            )
+            loaded = load_pretrained(folder, family=family, trust_remote_code=trust_remote_code,
+                                     quantized=report.quantized)
+            model, chosen = loaded.model, loaded.family
         except Exception as err:  # noqa: BLE001
             report.problems.append(f"transformers cannot reload the checkpoint: {type(err).__name__}: {err}")
         else:

@@ -7,7 +7,22 @@
 """
 
 from .base import ModelFamily
-from .loading import LoadedModel, load_pretrained
-from .registry import FAMILIES, detect_family, family_of_model, get_family, read_config
+from .config import quantization_config, read_config
+from .loading import DTYPES, LoadedModel, ModelFolder, load_pretrained, load_tokenizer, open_model_folder
+from .registry import FAMILIES, detect_family, family_of_model, get_family
 
-__all__ = ["FAMILIES", "LoadedModel", "ModelFamily", "detect_family", "family_of_model", "get_family", "load_pretrained", "read_config"]
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "LoadedModel",
+    "ModelFamily",
+    "ModelFolder",
+    "detect_family",
+    "family_of_model",
+    "get_family",
+    "load_pretrained",
+    "load_tokenizer",
+    "open_model_folder",
+    "quantization_config",
+    "read_config",
+]

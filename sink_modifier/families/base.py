@@ -15,18 +15,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sink_modifier.process.calibration import CalibrationSet, build_calibration
+from sink_modifier.process.forward import ForwardProcess, MaskTokenProcess
 from sink_modifier.process.mask_token import resolve_mask_token_id
+from sink_modifier.process.rows import CalibrationLoader
+
+from .modules import output_head
 
 __all__ = ["ModelFamily", "output_head_patterns"]
 
 
 def output_head_patterns(model: nn.Module) -> list[str]:
     """``re:`` patterns matching exactly the module(s) ``get_output_embeddings()`` returns."""
-    getter = getattr(model, "get_output_embeddings", None)
-    try:
-        head = getter() if callable(getter) else None
-    except (AttributeError, NotImplementedError):
-        head = None
+    head = output_head(model)
     if head is None:
         return []
     # llm-compressor names Linear targets with a trailing dot ("lm_head."), hence "\.?$".
@@ -63,8 +64,10 @@ class ModelFamily:
 
     # -- loading ---------------------------------------------------------------------
     def load_model(
-        self, folder: Path, *, dtype: Any, trust_remote_code: bool, quantization_config: Any = None
+        self, folder: Path, config: dict[str, Any], *, dtype: Any, trust_remote_code: bool,
+        quantization_config: Any = None,
     ) -> nn.Module:
+        """The model of ``folder``; ``config`` is its parsed ``config.json`` (read once, by the loader)."""
         from transformers import AutoModelForCausalLM
 
         kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
@@ -88,7 +91,7 @@ class ModelFamily:
         return resolve_mask_token_id(tokenizer, config)
 
     def maskable(self, clean_ids: torch.LongTensor, tokenizer: Any, config: Any) -> torch.BoolTensor | None:
-        """Which positions of clean windows ``[N, T]`` the forward process may mask (``None``: all)."""
+        """Which positions of clean windows ``[N, T]`` the forward process may noise (``None``: all)."""
         return None
 
     def scorable(self, clean_ids: torch.LongTensor, tokenizer: Any, config: Any) -> torch.BoolTensor | None:
@@ -115,33 +118,45 @@ class ModelFamily:
         """Logits ``[B, T, V]`` of a forward over ``input_ids``, as the model emits them (unshifted)."""
         return model(**self.model_inputs(input_ids, attention_mask)).logits
 
-    # -- calibration -------------------------------------------------------------------
+    # -- forward process / calibration ---------------------------------------------------
+    def forward_process(self, tokenizer: Any, config: Any, seed: int) -> ForwardProcess | None:
+        """How this family's models are noised (calibration) and what hidden positions hold
+        (evaluation); ``None`` for a causal model (clean calibration rows, perplexity).
+
+        The default is masked diffusion with the family's mask token. ``seed`` keys the
+        evaluation replacements of processes that draw them (uniform substitution).
+        """
+        if not self.diffusion:
+            return None
+        return MaskTokenProcess(self.mask_token_id(tokenizer, config))
+
+    def calibration_canvas(self, config: Any) -> int | None:
+        """Canvas length of the prompt + canvas calibration layout; ``None``: whole windows are noised."""
+        return None
+
     def build_calibration(
         self, data, tokenizer: Any, config: Any, *, seq_len: int, num_samples: int,
         timesteps: tuple[float, ...], seed: int, max_chars: int | None,
-    ):
-        """Calibration rows: clean windows noised at every timestep by this family's forward process.
-
-        The default is masked diffusion (the mask token at the ``maskable`` positions), or clean
-        windows for a causal model (``timesteps == (0.0,)``).
-        """
-        from sink_modifier.process import build_diffusion_calibration
-
-        return build_diffusion_calibration(
-            data, tokenizer, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps, seed=seed,
-            mask_token_id=self.mask_token_id(tokenizer, config) if self.diffusion else None,
+    ) -> CalibrationSet:
+        """Calibration rows: clean windows noised at every timestep by :meth:`forward_process`,
+        at the :meth:`maskable` positions, in the :meth:`calibration_canvas` layout (clean
+        windows for a causal model, ``timesteps == (0.0,)``)."""
+        return build_calibration(
+            data, tokenizer, process=self.forward_process(tokenizer, config, seed),
+            seq_len=seq_len, num_samples=num_samples, timesteps=timesteps, seed=seed,
             config=config, max_chars=max_chars,
             maskable=lambda clean: self.maskable(clean, tokenizer, config),
+            canvas_length=self.calibration_canvas(config),
         )
 
-    def calibration_loader(self, calibration, batch_size: int):
-        """The DataLoader of a :class:`DiffusionCalibrationSet` in the columns this model's forward takes."""
+    def calibration_loader(self, calibration: CalibrationSet, batch_size: int) -> CalibrationLoader:
+        """The DataLoader of a :class:`CalibrationSet` in the columns this model's forward takes."""
         return calibration.dataloader(batch_size)
 
-    def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int):
-        """What evaluation puts at hidden positions (:mod:`sink_modifier.process.corruption`);
-        ``None``: the mask token."""
-        return None
+    def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int) -> ForwardProcess | None:
+        """What evaluation puts at hidden positions: the :meth:`forward_process`, called as
+        ``corrupt(clean [B, T], mask [B, T], rows [B], stream) -> noisy``; ``None`` for causal models."""
+        return self.forward_process(tokenizer, config, seed)
 
     # -- sink pass ---------------------------------------------------------------------
     def sink_embedding(self, model: nn.Module) -> nn.Module | None:

@@ -6,11 +6,12 @@ loads with ``AutoModelForImageTextToText``; ``forward(input_ids=prompt,
 decoder_input_ids=canvas)`` returns logits over the canvas only. The rules here:
 
 * **Split.** A window of ``T`` tokens is a clean prompt (first ``T - C``) and a canvas
-  (last ``C = min(config.canvas_length, T // 2)``), :mod:`sink_modifier.process.prompt_canvas`.
+  (last ``C = min(config.canvas_length, T // 2)``): the prompt + canvas layout of
+  :class:`~sink_modifier.process.calibration.CalibrationSet` (:func:`~sink_modifier.process.canvas_size`).
 * **Noise.** DiffusionGemma has no mask token: its forward process substitutes uniform random
-  tokens. Calibration noises the canvas that way at every timestep (prompt clean); evaluation
-  hides the same stratified canvas positions as the masked metrics and fills them with
-  uniform tokens (:class:`~sink_modifier.process.corruption.UniformCorruption`). The
+  tokens (:class:`~sink_modifier.process.forward.UniformSubstitution`). Calibration noises the
+  canvas that way at every timestep (prompt clean); evaluation hides the same stratified canvas
+  positions as the masked metrics and fills them with uniform tokens from the same process. The
   "NELBO" of this family is therefore a *denoising cross-entropy* weighted like the LLaDA
   ELBO, not a likelihood bound.
 * **What is pruned.** The encoder's text layers and the decoder's layers share every weight,
@@ -39,9 +40,11 @@ import torch
 from loguru import logger
 from torch import nn
 
-from sink_modifier.process.prompt_canvas import build_prompt_canvas_calibration, canvas_size
+from sink_modifier.process.calibration import canvas_size
+from sink_modifier.process.forward import UniformSubstitution
 
 from .base import ModelFamily, output_head_patterns
+from .modules import attention_modules
 
 __all__ = ["DiffusionGemmaFamily", "retie_encoder_to_decoder"]
 
@@ -95,7 +98,7 @@ class DiffusionGemmaFamily(ModelFamily):
             str(a).startswith("DiffusionGemma") for a in architectures
         )
 
-    def load_model(self, folder: Path, *, dtype, trust_remote_code: bool, quantization_config=None) -> nn.Module:
+    def load_model(self, folder: Path, config: dict, *, dtype, trust_remote_code: bool, quantization_config=None) -> nn.Module:
         from transformers import AutoModelForImageTextToText
 
         kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
@@ -133,18 +136,12 @@ class DiffusionGemmaFamily(ModelFamily):
         prompt = canvas.new_zeros(canvas.shape[0], inputs["input_ids"].shape[1], canvas.shape[-1])
         return torch.cat([prompt, canvas], dim=1)
 
-    # -- calibration / evaluation -------------------------------------------------------
-    def build_calibration(self, data, tokenizer, config, *, seq_len, num_samples, timesteps, seed, max_chars):
-        return build_prompt_canvas_calibration(
-            data, tokenizer, seq_len=seq_len, num_samples=num_samples, timesteps=timesteps, seed=seed,
-            canvas_length=int(config.canvas_length), vocab_size=int(_text_config(config).vocab_size),
-            config=config, max_chars=max_chars,
-        )
+    # -- forward process / calibration -------------------------------------------------
+    def forward_process(self, tokenizer: Any, config: Any, seed: int) -> UniformSubstitution:
+        return UniformSubstitution(vocab_size=int(_text_config(config).vocab_size), seed=seed)
 
-    def evaluation_corruption(self, tokenizer: Any, config: Any, seed: int):
-        from sink_modifier.process.corruption import UniformCorruption
-
-        return UniformCorruption(vocab_size=int(_text_config(config).vocab_size), seed=seed)
+    def calibration_canvas(self, config: Any) -> int:
+        return int(config.canvas_length)
 
     # -- sink pass ---------------------------------------------------------------------
     def sink_embedding(self, model: nn.Module) -> nn.Module:
@@ -157,7 +154,7 @@ class DiffusionGemmaFamily(ModelFamily):
                 "the DiffusionGemma sink pass needs the batch's prompt (input_ids) from the whole-model "
                 "call; run oneshot with pipeline='basic'"
             )
-        decoder_attention = [m for m in model.model.decoder.layers.modules() if type(m).__name__.endswith("Attention")]
+        decoder_attention = attention_modules(model.model.decoder.layers)
         return {
             "forward_inputs": {"input_ids": prompt, "decoder_input_ids": token_ids},
             "attention_modules": decoder_attention,

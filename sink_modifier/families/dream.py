@@ -63,15 +63,14 @@ class DreamFamily(ModelFamily):
             str(a).startswith("Dream") for a in architectures
         )
 
-    def load_model(self, folder: Path, *, dtype, trust_remote_code: bool, quantization_config=None) -> nn.Module:
+    def load_model(
+        self, folder: Path, config: dict[str, Any], *, dtype, trust_remote_code: bool, quantization_config=None
+    ) -> nn.Module:
         from transformers import AutoModel
 
-        from .registry import read_config
-
-        raw = read_config(folder)
-        require_trust(folder, raw, trust_remote_code, "Dream")
+        require_trust(folder, config, trust_remote_code, "Dream")
         register_default_rope()
-        cls = remote_class(folder, raw, AUTO_CLASSES)
+        cls = remote_class(folder, config, AUTO_CLASSES)
         _tied_keys_as_mapping(cls)
         kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
         model = AutoModel.from_pretrained(folder, dtype=dtype, trust_remote_code=True, **kwargs)

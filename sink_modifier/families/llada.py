@@ -47,26 +47,25 @@ class LLaDAFamily(ModelFamily):
         architectures = config.get("architectures") or []
         return model_type.startswith("llada") or any(str(a).startswith("LLaDA") for a in architectures)
 
-    def load_model(self, folder: Path, *, dtype, trust_remote_code: bool, quantization_config=None) -> nn.Module:
+    def load_model(
+        self, folder: Path, config: dict[str, Any], *, dtype, trust_remote_code: bool, quantization_config=None
+    ) -> nn.Module:
         from transformers import AutoConfig
 
-        from .registry import read_config
-
-        raw = read_config(folder)
-        require_trust(folder, raw, trust_remote_code, "LLaDA")
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        if getattr(config, "use_cache", None) is None:
-            config.use_cache = False
+        require_trust(folder, config, trust_remote_code, "LLaDA")
+        hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        if getattr(hf_config, "use_cache", None) is None:
+            hf_config.use_cache = False
         # Load through the folder's own class, repaired in memory. Not through the auto class:
         # it maps the config class to whichever LLaDA class was registered first in this
         # process, which may be another folder's (unrepaired) copy of the same code.
-        cls = remote_class(folder, raw, AUTO_CLASSES)
+        cls = remote_class(folder, config, AUTO_CLASSES)
         ensure_post_init(cls)
         tolerate_tie_weights_arguments(cls)
         # Saving copies the model code into the checkpoint, as the hub folder has it.
-        cls.register_for_auto_class(next(a for a in AUTO_CLASSES if a in (raw.get("auto_map") or {})))
+        cls.register_for_auto_class(next(a for a in AUTO_CLASSES if a in (config.get("auto_map") or {})))
         kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
-        return cls.from_pretrained(folder, config=config, dtype=dtype, **kwargs)
+        return cls.from_pretrained(folder, config=hf_config, dtype=dtype, **kwargs)
 
     def mask_token_id(self, tokenizer: Any, config: Any) -> int:
         try:

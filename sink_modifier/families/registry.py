@@ -7,17 +7,17 @@ causal family everything else.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .base import ModelFamily
+from .config import read_config
 from .diffusion_gemma import DiffusionGemmaFamily
 from .dream import DreamFamily
 from .generic import BidirectionalFamily, CausalFamily
 from .llada import LLaDAFamily
 
-__all__ = ["FAMILIES", "detect_family", "family_of_model", "get_family", "read_config"]
+__all__ = ["FAMILIES", "detect_family", "family_of_model", "get_family"]
 
 # Most specific first: detection takes the first match.
 FAMILIES: dict[str, ModelFamily] = {
@@ -33,18 +33,6 @@ def get_family(name: str | ModelFamily) -> ModelFamily:
         return FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}") from None
-
-
-def read_config(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a model folder (no config.json); pass the directory that from_pretrained would load"
-        )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
 def detect_family(config: dict[str, Any] | str | Path, override: str | None = None) -> ModelFamily:

@@ -26,6 +26,8 @@ Differences from the reference, all deliberate:
 * A step that commits no token (``steps / num_blocks > block_length``) skips the forward pass
   instead of computing logits it throws away.
 * ``logit_shift=1`` (Dream): position ``j`` is predicted by the logits at ``j − 1``.
+  Alignment and guidance are :func:`sink_modifier.scoring.denoiser.denoiser_logits`, the core
+  evaluation and the lm-eval adapter score with too.
 * ``eos_token_id`` (optional) stops early: once every row has produced it inside the finished
   blocks, the remaining blocks are filled with it instead of being decoded.
 """
@@ -33,19 +35,17 @@ Differences from the reference, all deliberate:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from sink_modifier.scoring.denoiser import LogitsFn, check_logit_shift, denoiser_logits, model_logits
 from sink_modifier.scoring.inference import input_device
 
 __all__ = ["REMASKING", "GenerationResult", "generate", "generate_with_stats", "get_num_transfer_tokens"]
 
 REMASKING = ("low_confidence", "random")
-
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def get_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
@@ -116,7 +116,7 @@ def _validate(model, prompt_ids, mask_token_id, gen_length, steps, block_length,
         raise ValueError("prompt_ids has an empty batch (shape[0] == 0)")
     if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or mask_token_id < 0:
         raise ValueError(f"mask_token_id must be a non-negative int, got {mask_token_id!r}; "
-                         "see sink_modifier.diffusion.resolve_mask_token_id")
+                         "see ModelFamily.mask_token_id")
     for name, value in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
         _positive_int(name, value)
     if gen_length % block_length:
@@ -133,9 +133,7 @@ def _validate(model, prompt_ids, mask_token_id, gen_length, steps, block_length,
         raise ValueError(f"cfg_scale must be >= 0 (0 = no classifier-free guidance), got {cfg_scale}")
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {list(REMASKING)}, got {remasking!r}")
-    if logit_shift not in (0, 1):
-        raise ValueError(f"logit_shift must be 0 (logits[i] predict token i, LLaDA) or 1 "
-                         f"(logits[i] predict token i+1, Dream), got {logit_shift!r}")
+    check_logit_shift(logit_shift)
     prompt_len = prompt_ids.shape[1]
     if logit_shift == 1 and prompt_len == 0:
         raise ValueError("logit_shift=1 needs a prompt of at least one token (the first generated "
@@ -161,33 +159,21 @@ def _validate(model, prompt_ids, mask_token_id, gen_length, steps, block_length,
     return num_blocks
 
 
-def _default_logits_fn(model) -> LogitsFn:
-    if model is None:
-        raise ValueError("generate needs a model or a logits_fn (got model=None and no logits_fn)")
+def _checked(logits_fn: LogitsFn, mask_token_id: int) -> LogitsFn:
+    """``logits_fn`` with its output's shape and vocabulary checked on every call."""
 
-    def logits_fn(ids: torch.Tensor) -> torch.Tensor:
-        output = model(input_ids=ids)
-        if isinstance(output, torch.Tensor):  # e.g. OnnxDenoiser: already logits
-            return output
-        logits = getattr(output, "logits", None)
-        if logits is None:
-            raise TypeError(f"model output {type(output).__name__} has no .logits; pass logits_fn=... "
-                            "returning [B, L, vocab] logits for input ids [B, L]")
+    def checked(ids: torch.Tensor) -> torch.Tensor:
+        logits = logits_fn(ids)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != ids.shape:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"logits_fn must return [batch, seq_len, vocab] = [{ids.shape[0]}, {ids.shape[1]}, V] "
+                             f"logits for its input ids, got {shape}")
+        if mask_token_id >= logits.shape[-1]:
+            raise ValueError(f"mask_token_id {mask_token_id} is outside the model's vocabulary "
+                             f"({logits.shape[-1]} logits); pass the mask id of this model's tokenizer")
         return logits
 
-    return logits_fn
-
-
-def _checked_logits(logits_fn: LogitsFn, ids: torch.Tensor, mask_token_id: int) -> torch.Tensor:
-    logits = logits_fn(ids)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != ids.shape:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits_fn must return [batch, seq_len, vocab] = [{ids.shape[0]}, {ids.shape[1]}, V] "
-                         f"logits for its input ids, got {shape}")
-    if mask_token_id >= logits.shape[-1]:
-        raise ValueError(f"mask_token_id {mask_token_id} is outside the model's vocabulary "
-                         f"({logits.shape[-1]} logits); pass the mask id of this model's tokenizer")
-    return logits
+    return checked
 
 
 def _uniform(shape, generator: torch.Generator | None, device: torch.device, dtype=torch.float32) -> torch.Tensor:
@@ -220,7 +206,9 @@ def _run(model, prompt_ids, *, mask_token_id, gen_length, steps, block_length, t
     num_blocks = _validate(model, prompt_ids, mask_token_id, gen_length, steps, block_length, temperature,
                            cfg_scale, remasking, logit_shift, eos_token_id)
     if logits_fn is None:
-        logits_fn = _default_logits_fn(model)
+        if model is None:
+            raise ValueError("generate needs a model or a logits_fn (got model=None and no logits_fn)")
+        logits_fn = model_logits(model)
         was_training = model.training if isinstance(model, nn.Module) else None
         if was_training:
             model.eval()
@@ -231,6 +219,7 @@ def _run(model, prompt_ids, *, mask_token_id, gen_length, steps, block_length, t
     canvas = torch.full((batch, prompt_len + gen_length), mask_token_id, dtype=torch.long, device=device)
     canvas[:, :prompt_len] = prompt_ids.to(device=device, dtype=torch.long)
     steps_per_block = steps // num_blocks
+    forward = _checked(logits_fn, mask_token_id)
     forward_passes = 0
     try:
         for block in range(num_blocks):
@@ -241,17 +230,12 @@ def _run(model, prompt_ids, *, mask_token_id, gen_length, steps, block_length, t
                 k = schedule[:, step]
                 if not bool((k > 0).any()):
                     continue
+                unconditional = None
                 if cfg_scale > 0:
                     unconditional = canvas.clone()
                     unconditional[:, :prompt_len] = mask_token_id
-                    both = _checked_logits(logits_fn, torch.cat([canvas, unconditional]), mask_token_id)
-                    cond, uncond = both[:batch], both[batch:]
-                    lo, hi = start - logit_shift, end - logit_shift
-                    cond, uncond = cond[:, lo:hi].float(), uncond[:, lo:hi].float()
-                    logits = uncond + (cfg_scale + 1) * (cond - uncond)
-                else:
-                    logits = _checked_logits(logits_fn, canvas, mask_token_id)
-                    logits = logits[:, start - logit_shift:end - logit_shift]
+                logits = denoiser_logits(forward, canvas, logit_shift=logit_shift, cfg=cfg_scale,
+                                         unconditional=unconditional, start=start, end=end)
                 forward_passes += 1
                 logits = logits.to(device)
                 x0, confidence = _propose(logits, mask_token_id, temperature, remasking, generator)

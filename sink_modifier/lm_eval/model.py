@@ -1,39 +1,39 @@
-"""lm-evaluation-harness model type ``sink_dlm`` for masked diffusion language models.
+"""lm-evaluation-harness model type ``sink_dlm`` for diffusion language models: harness glue only.
 
-A port of the paper's ``llada_dist`` wrapper (reference spec §4.1) with its bugs fixed (§7.2):
+A port of the paper's ``llada_dist`` wrapper (reference spec §4.1) with its bugs fixed (§7.2).
+The scoring maths is :mod:`sink_modifier.scoring` (the ELBO in :mod:`~sink_modifier.scoring.elbo`,
+its masks in :mod:`~sink_modifier.scoring.masks`, logits alignment / guidance / masked CE in
+:mod:`~sink_modifier.scoring.denoiser`); this module turns lm-eval requests into it:
 
-* ``loglikelihood(context, continuation)`` is the LLaDA Monte-Carlo ELBO. The sequence is
-  ``context + continuation``; only continuation tokens are ever masked. Draw ``r`` masks exactly
-  ``k_r`` of the ``L`` continuation positions (a uniform random subset) and scores
-  ``(L / k_r) * sum_{masked i} -log p(x_i | noisy)``; the log-likelihood is minus the mean over
-  the ``mc_num`` draws (a lower bound on ``log p(continuation | context)`` in expectation). The
-  counts ``k_r`` are stratified like the reference: one random offset ``k0 ~ U{1..L}`` and
-  ``round(linspace(k0, k0 + (s-1) L/s, s))`` wrapped into ``[1, L]`` for each stratum of ``s``
-  draws. The reference uses ``s = batch_size`` (so its estimate depends on the batch size);
-  here ``s = strata_size`` (default: all ``mc_num`` draws in one stratum), and ``batch_size``
-  only says how many rows go through the model at once.
-* Masks are drawn from a generator seeded by ``(seed, token ids of the pair)``: the same
-  request gets the same masks whatever its position, batch, rank or model, so a dense and a
-  pruned model are scored on identical masks (common random numbers), and a rerun reproduces.
-* ``cfg > 0``: classifier-free guidance, ``un + (cfg + 1)(cond - un)`` where the unconditional
-  input has every context token replaced by the mask token.
+* **The family decides how the model is read.** The model loads through
+  :func:`sink_modifier.families.load_pretrained` (an already loaded model: the family named by
+  ``family=``, else detected from its config). The forward is ``family.logits`` (DiffusionGemma:
+  prompt encoder + canvas decoder), the alignment ``family.logit_shift`` (Dream: 1; the
+  ``logit_shift`` model arg overrides), and what hidden positions hold is
+  ``family.evaluation_corruption`` (the mask token, or uniform random tokens for DiffusionGemma,
+  whose scores are then a denoising cross-entropy, not a likelihood bound). A request whose
+  continuation the family cannot score (``family.scorable``: e.g. DiffusionGemma scores only its
+  canvas, the last ``min(canvas_length, T // 2)`` tokens, so the continuation must fit the canvas
+  and be no longer than its context) is refused with a clear error rather than mis-scored.
+* ``loglikelihood(context, continuation)``: the Monte-Carlo ELBO of the continuation
+  (:func:`~sink_modifier.scoring.elbo.mc_loglikelihood`), masks keyed by the request's token ids.
+* ``cfg > 0``: classifier-free guidance ``un + (cfg + 1)(cond - un)``; the unconditional input has
+  its context hidden by the family's corruption (the mask token for masked-diffusion families).
 * ``is_greedy`` (``is_check_greedy=True``): the reference's ``suffix_greedy_prediction``,
   i.e. the continuation fully masked, then ``L`` steps each committing the single most
   confident position with its argmax; that is :func:`sink_modifier.generation.generate` with
   ``gen_length = steps = block_length = L``. Off by default (``False`` is returned) because it
-  costs ``L`` forward passes per request; the paper's scripts turn it off too.
+  costs ``L`` forward passes per request; the paper's scripts turn it off too. Mask-token
+  families only.
 * ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of at most ``max_length``
   tokens (prefix token first), each scored with the same ELBO; returns the sum per document.
-* ``generate_until``: :func:`sink_modifier.generation.generate` (low-confidence remasking),
-  cut at the first EOS and the first stop string. Works in a single process (the reference
-  crashed there).
+* ``generate_until``: the family's own sampler where it has one (``family.native_generate``),
+  else :func:`sink_modifier.generation.generate` (low-confidence remasking), cut at the first
+  EOS and the first stop string. Works in a single process (the reference crashed there).
 * ``accelerate launch --num_processes N``: lm-eval's evaluator shards the documents by
   ``rank`` / ``world_size`` and gathers the results through :meth:`all_gather` /
   :meth:`gather_object` (as for lm-eval's ``hf`` model); each rank holds its own copy of the
   model on ``accelerator.device``.
-
-Logits alignment: ``logit_shift=0`` when ``logits[:, i]`` scores the token at ``i`` (LLaDA,
-the shipped tiny-dlm), ``1`` for Dream-style models where ``logits[:, i - 1]`` does.
 """
 
 from __future__ import annotations
@@ -50,146 +50,17 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from sink_modifier.data.keyed_random import keyed_seed
+from sink_modifier.generation import generate
 from sink_modifier.process.mask_token import resolve_mask_token_id
-from sink_modifier.scoring.inference import input_device
-from sink_modifier.scoring.masks import stratified_counts, window_generator
+from sink_modifier.scoring.denoiser import check_logit_shift
+from sink_modifier.scoring.elbo import mc_loglikelihood, request_key
+from sink_modifier.scoring.masks import elbo_masks, window_generator
 
-__all__ = ["DiffusionLM", "elbo_masks", "mc_loglikelihood", "request_key"]
+__all__ = ["DiffusionLM"]
 
 log = logging.getLogger(__name__)
 
-_ELBO_SALT = "lm_eval:elbo"
 _GENERATE_SALT = "lm_eval:generate"
-
-
-def request_key(*token_lists: list[int]) -> int:
-    """A 63-bit integer naming a request by its token ids (order-sensitive, lists kept apart)."""
-    return keyed_seed(
-        chunk
-        for tokens in token_lists
-        for chunk in (len(tokens).to_bytes(4, "little"), b"".join(int(t).to_bytes(4, "little", signed=True) for t in tokens))
-    )
-
-
-def elbo_masks(
-    length: int, mc_num: int, seed: int, key: int, strata_size: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``mc_num`` masks over ``length`` continuation positions for one request.
-
-    Returns ``(masks, counts)``: ``BoolTensor[mc_num, length]`` with exactly ``counts[r]``
-    positions set in row ``r``, ``counts`` stratified in groups of ``strata_size`` draws (each
-    group with its own random offset, see :func:`sink_modifier.scoring.masks.stratified_counts`).
-    Deterministic in ``(length, mc_num, seed, key, strata_size)``.
-    """
-    if length < 1:
-        raise ValueError(f"the continuation must have at least one token, got {length}")
-    if mc_num < 1:
-        raise ValueError(f"mc_num must be >= 1, got {mc_num}")
-    strata = mc_num if strata_size is None else int(strata_size)
-    if strata < 1 or mc_num % strata:
-        raise ValueError(f"mc_num ({mc_num}) must be a multiple of strata_size ({strata})")
-    generator = window_generator(seed, key, _ELBO_SALT)
-    counts = torch.cat([stratified_counts(length, strata, generator) for _ in range(mc_num // strata)])
-    masks = torch.zeros(mc_num, length, dtype=torch.bool)
-    for r in range(mc_num):
-        perm = torch.randperm(length, generator=generator)
-        masks[r, perm[: int(counts[r])]] = True
-    return masks, counts
-
-
-def _guided_logits(model, noisy: torch.Tensor, context_len: torch.Tensor, mask_token_id: int, cfg: float):
-    """Model logits (``[B, T, V]``) of ``noisy``, with classifier-free guidance when ``cfg > 0``.
-
-    ``context_len[b]`` is the number of leading context tokens of row ``b``; the unconditional
-    copy has them replaced by the mask token.
-    """
-    if cfg <= 0:
-        return model(input_ids=noisy).logits
-    positions = torch.arange(noisy.shape[1], device=noisy.device)
-    unconditional = noisy.masked_fill(positions[None, :] < context_len[:, None], mask_token_id)
-    both = model(input_ids=torch.cat([noisy, unconditional])).logits.float()
-    cond, uncond = both[: noisy.shape[0]], both[noisy.shape[0] :]
-    return uncond + (cfg + 1.0) * (cond - uncond)
-
-
-@torch.no_grad()
-def mc_loglikelihood(
-    model,
-    pairs: list[tuple[list[int], list[int]]],
-    *,
-    mask_token_id: int,
-    mc_num: int = 128,
-    batch_size: int = 32,
-    cfg: float = 0.0,
-    logit_shift: int = 0,
-    seed: int = 1234,
-    strata_size: int | None = None,
-    progress: bool = False,
-) -> list[float]:
-    """Monte-Carlo ELBO of each ``(context_ids, continuation_ids)`` pair (see the module docstring).
-
-    Rows of equal total length are batched together (``batch_size`` rows per forward, no
-    padding), so the result does not depend on ``batch_size`` or on the order of ``pairs``.
-    """
-    if logit_shift not in (0, 1):
-        raise ValueError(f"logit_shift must be 0 (LLaDA) or 1 (Dream), got {logit_shift}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = input_device(model)
-    row_loss = torch.zeros(len(pairs), mc_num, dtype=torch.float64)
-    weights = torch.zeros(len(pairs), mc_num, dtype=torch.float64)
-
-    def rows():
-        """(pair, draw, clean ids, mask, context length), by sequence length; masks made lazily."""
-        for j in sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1])):
-            context, continuation = pairs[j]
-            ctx_len, length = len(context), len(continuation)
-            if logit_shift and ctx_len == 0:
-                raise ValueError("logit_shift=1 needs at least one context token (the prefix token)")
-            if length == 0:  # nothing to score: log-likelihood 0
-                continue
-            seq = torch.tensor(list(context) + list(continuation), dtype=torch.long)
-            masks, counts = elbo_masks(length, mc_num, seed, request_key(context, continuation), strata_size)
-            weights[j] = length / counts.double()
-            full = torch.zeros(mc_num, ctx_len + length, dtype=torch.bool)
-            full[:, ctx_len:] = masks
-            for r in range(mc_num):
-                yield j, r, seq, full[r], ctx_len
-
-    def score(batch) -> None:
-        clean = torch.stack([row[2] for row in batch]).to(device)
-        mask = torch.stack([row[3] for row in batch]).to(device)
-        ctx = torch.tensor([row[4] for row in batch], device=device)
-        noisy = clean.masked_fill(mask, mask_token_id)
-        logits = _guided_logits(model, noisy, ctx, mask_token_id, cfg)
-        if logit_shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        selected = logits[mask].float()
-        ce = -torch.log_softmax(selected, dim=-1).gather(-1, clean[mask].unsqueeze(-1)).squeeze(-1)
-        sums = torch.zeros(len(batch), dtype=torch.float64)
-        sums.index_add_(0, mask.nonzero()[:, 0].cpu(), ce.double().cpu())
-        for b, (j, r, *_rest) in enumerate(batch):
-            row_loss[j, r] = sums[b]
-
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(pairs) * mc_num, desc="sink_dlm loglikelihood (rows)", disable=not progress)
-    try:
-        batch: list[tuple] = []
-        for row in rows():
-            if batch and (len(batch) == batch_size or row[2].numel() != batch[0][2].numel()):
-                score(batch)
-                bar.update(len(batch))
-                batch = []
-            batch.append(row)
-        if batch:
-            score(batch)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        model.train(was_training)
-    return (-(row_loss * weights).mean(dim=1)).tolist()
 
 
 def _as_bool(value) -> bool:
@@ -211,7 +82,7 @@ def _optional_int(value) -> int | None:
 
 @register_model("sink_dlm", "sink-dlm")
 class DiffusionLM(TemplateLM):
-    """lm-eval model for masked diffusion LMs (LLaDA-style; Dream with ``logit_shift=1``).
+    """lm-eval model for diffusion LMs, read through their family (LLaDA, Dream, DiffusionGemma, ...).
 
     Model args (``--model_args key=value,...``):
         pretrained: model folder (``config.json``; compressed-tensors quantized checkpoints are
@@ -222,9 +93,10 @@ class DiffusionLM(TemplateLM):
         strata_size: draws sharing one stratified offset; default ``mc_num`` (all);
             ``strata_size=batch_size`` reproduces the reference exactly.
         cfg: classifier-free guidance scale (0 = off).
-        family: model family (``llada``, ``dream``, ...; default detected from ``config.json``,
-            see :mod:`sink_modifier.families`).
-        mask_token_id: default the family's (tokenizer, else ``config.mask_token_id``).
+        family: model family (``llada``, ``dream``, ``diffusion_gemma``, ...; default detected
+            from the config, see :mod:`sink_modifier.families`).
+        mask_token_id: default the family's (tokenizer, else ``config.mask_token_id``); not
+            needed by uniform-noise families.
         logit_shift: 0 (LLaDA) or 1 (Dream); default the family's.
         is_check_greedy: compute ``is_greedy`` by greedy unmasking (default False -> False).
         gen_length, steps, block_length, remasking, temperature: for ``generate_until``.
@@ -271,14 +143,14 @@ class DiffusionLM(TemplateLM):
         self._model, self.tokenizer, self.family = self._load(
             pretrained, tokenizer, dtype, trust_remote_code, None if family in (None, "", "None") else str(family)
         )
-        if self.family is not None and not getattr(self.family, "diffusion", True):
+        if not self.family.diffusion:
             raise ValueError(
                 f"{pretrained} is a {self.family.name} (autoregressive) model; sink_dlm scores masked "
                 "diffusion LMs; use lm-eval's --model hf for causal ones (or pass family=... if misdetected)"
             )
-        if getattr(self.family, "uniform_noise", False):
-            log.warning("sink_dlm: family %s uses uniform noise; the masked-diffusion ELBO does not apply",
-                        self.family.name)
+        if self.family.uniform_noise:
+            log.warning("sink_dlm: family %s uses uniform noise; log-likelihoods are a denoising "
+                        "cross-entropy weighted like the ELBO, not a likelihood bound", self.family.name)
         self._model.to(self._device).eval()
 
         self.mc_num = int(mc_num)
@@ -290,22 +162,25 @@ class DiffusionLM(TemplateLM):
         elbo_masks(1, self.mc_num, 0, 0, self.strata_size)  # validates mc_num / strata_size
         self.cfg = float(cfg)
         logit_shift = _optional_int(logit_shift)
-        self.logit_shift = logit_shift if logit_shift is not None else int(getattr(self.family, "logit_shift", 0))
-        if self.logit_shift not in (0, 1):
-            raise ValueError(f"logit_shift must be 0 (LLaDA) or 1 (Dream), got {logit_shift}")
+        self.logit_shift = logit_shift if logit_shift is not None else self.family.logit_shift
+        check_logit_shift(self.logit_shift)
         config = getattr(self._model, "config", None)
+        self.seed = int(seed)
+        self.corruption = self.family.evaluation_corruption(self.tokenizer, config, self.seed)
         mask_token_id = _optional_int(mask_token_id)
-        if mask_token_id is None and self.family is not None:
+        if mask_token_id is None:
             mask_token_id = self.family.mask_token_id(self.tokenizer, config)
-        self.mask_token_id = (
-            mask_token_id if mask_token_id is not None else resolve_mask_token_id(self.tokenizer, config)
-        )
+        if mask_token_id is None and self.corruption is None:
+            mask_token_id = resolve_mask_token_id(self.tokenizer, config)  # raises, naming the model
+        self.mask_token_id = mask_token_id
         self.is_check_greedy = _as_bool(is_check_greedy)
+        if self.is_check_greedy and self.family.uniform_noise:
+            raise ValueError(f"is_check_greedy decodes with the mask-token sampler; family {self.family.name} "
+                             "uses uniform noise and has none")
         self.gen_length, self.steps, self.block_length = int(gen_length), int(steps), int(block_length)
         self.remasking = str(remasking)
         self.temperature = float(temperature)
         self.add_bos_token = _as_bool(add_bos_token)
-        self.seed = int(seed)
         self._max_length = _optional_int(max_length) or getattr(config, "max_position_embeddings", None) or 2048
         self._warned_truncation = False
 
@@ -334,15 +209,15 @@ class DiffusionLM(TemplateLM):
 
     @staticmethod
     def _load(pretrained, tokenizer, dtype: str, trust_remote_code: bool, family: str | None):
-        """(model, tokenizer, family or None); a folder loads through :mod:`sink_modifier.families`
-        (family detected from ``config.json`` unless named; quantized checkpoints dequantized)."""
-        from sink_modifier.families import load_pretrained
-        from sink_modifier.loading import load_tokenizer
+        """(model, tokenizer, family); a folder loads through :func:`sink_modifier.families.load_pretrained`
+        (family detected from ``config.json`` unless named; quantized checkpoints dequantized), a
+        loaded model keeps the family named, else the one its config shows."""
+        from sink_modifier.families import family_of_model, get_family, load_pretrained, load_tokenizer
 
         if isinstance(pretrained, torch.nn.Module):
             if tokenizer is None:
                 raise ValueError("pass tokenizer=... together with an already loaded model")
-            model, chosen = pretrained, None
+            model, chosen = pretrained, get_family(family) if family is not None else family_of_model(pretrained)
         else:
             if not pretrained:
                 raise ValueError("sink_dlm needs pretrained=<model folder>")
@@ -398,7 +273,7 @@ class DiffusionLM(TemplateLM):
                 "cfg": self.cfg,
                 "mask_token_id": self.mask_token_id,
                 "logit_shift": self.logit_shift,
-                "family": getattr(self.family, "name", None),
+                "family": self.family.name,
                 "seed": self.seed,
                 "max_length": self.max_length,
             }
@@ -441,13 +316,35 @@ class DiffusionLM(TemplateLM):
         context = context[len(context) - keep_ctx :] if keep_ctx else []
         return context, continuation[len(continuation) - (room - len(context)) :]
 
+    def _check_scorable(self, context: list[int], continuation: list[int]) -> None:
+        """Refuse a request whose continuation the family cannot score (rather than mis-score it)."""
+        if not continuation:
+            return
+        ids = torch.tensor([list(context) + list(continuation)], dtype=torch.long)
+        scorable = self.family.scorable(ids, self.tokenizer, getattr(self._model, "config", None))
+        if scorable is not None and not bool(scorable[0, len(context) :].all()):
+            raise ValueError(
+                f"family {self.family.name} cannot score every continuation token of a request with "
+                f"{len(context)} context and {len(continuation)} continuation tokens (see "
+                f"{type(self.family).__name__}.scorable; DiffusionGemma scores only its canvas, so the "
+                "continuation must fit canvas_length and be no longer than its context)"
+            )
+
+    def _logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """The family's forward (unshifted logits ``[B, T, V]``)."""
+        return self.family.logits(self._model, ids)
+
     # ------------------------------------------------------------------ requests
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [self._fit(list(ctx), list(cont)) for _, ctx, cont in requests]
+        for context, continuation in pairs:
+            self._check_scorable(context, continuation)
         values = mc_loglikelihood(
             self._model,
             pairs,
             mask_token_id=self.mask_token_id,
+            logits_fn=self._logits,
+            corrupt=self.corruption,
             mc_num=self.mc_num,
             batch_size=self.batch_size,
             cfg=self.cfg,
@@ -466,8 +363,6 @@ class DiffusionLM(TemplateLM):
 
     def _greedy_matches(self, context: list[int], continuation: list[int]) -> bool:
         """The reference's suffix_greedy_prediction: unmask one most-confident token per step."""
-        from sink_modifier.generation import generate
-
         length = len(continuation)
         if length == 0:
             return True
@@ -481,6 +376,7 @@ class DiffusionLM(TemplateLM):
             block_length=length,
             cfg_scale=self.cfg,
             logit_shift=self.logit_shift,
+            logits_fn=self._logits,
         )
         return out[0, len(context) :].tolist() == list(continuation)
 
@@ -507,8 +403,6 @@ class DiffusionLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from sink_modifier.generation import generate
-
         eos_text = self.tok_decode([self.eot_token_id]) if self.eot_token_id is not None else None
         prompt_room = self.max_length - self.gen_length
         if prompt_room < 1:
@@ -537,26 +431,33 @@ class DiffusionLM(TemplateLM):
         batches = [rows[i : i + size] for _, rows in sorted(groups.items()) for i in range(0, len(rows), size)]
         for batch in tqdm(batches, desc="sink_dlm generate_until", disable=disable_tqdm or self._rank != 0):
             prompt = torch.tensor([job[1] for job in batch], dtype=torch.long, device=self._device)
-            generator = window_generator(self.seed, request_key(*[job[1] for job in batch]), _GENERATE_SALT)
-            sequences = generate(
-                self._model,
-                prompt,
-                mask_token_id=self.mask_token_id,
-                gen_length=self.gen_length,
-                steps=self.steps,
-                block_length=self.block_length,
-                temperature=batch[0][3],
-                cfg_scale=self.cfg,
-                remasking=self.remasking,
-                logit_shift=self.logit_shift,
-                eos_token_id=self.eot_token_id,
-                generator=generator,
-            )
+            sequences = self.family.native_generate(self._model, prompt, self.gen_length)
+            if sequences is None:
+                sequences = self._remasking_generate(prompt, batch[0][3])
             for (index, ids, until, _), row in zip(batch, sequences.tolist(), strict=True):
                 text = self._cut(row[len(ids) :], until, eos_text)
                 outputs[index] = text
                 self.cache_hook.add_partial("generate_until", requests[index].args, text)
         return outputs  # type: ignore[return-value]
+
+    def _remasking_generate(self, prompt: torch.Tensor, temperature: float) -> torch.Tensor:
+        """LLaDA's low-confidence remasking sampler, seeded by the batch's prompts."""
+        generator = window_generator(self.seed, request_key(*prompt.tolist()), _GENERATE_SALT)
+        return generate(
+            self._model,
+            prompt,
+            mask_token_id=self.mask_token_id,
+            gen_length=self.gen_length,
+            steps=self.steps,
+            block_length=self.block_length,
+            temperature=temperature,
+            cfg_scale=self.cfg,
+            remasking=self.remasking,
+            logit_shift=self.logit_shift,
+            eos_token_id=self.eot_token_id,
+            generator=generator,
+            logits_fn=self._logits,
+        )
 
     def _cut(self, tokens: list[int], until: list[str], eos_text: str | None) -> str:
         """Decode up to the first EOS token, then cut at the first occurrence of any stop string."""

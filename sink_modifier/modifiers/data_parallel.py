@@ -22,11 +22,11 @@ sample counts reduced to the rank that compresses the module, results broadcast)
   the pruned weight is then broadcast to the others, so all ranks hold identical weights.
   With the default float32 running means the reduced Hessian differs from the
   single-process one by a few ulps; SparseGPT's sequential solve turns that into flips of
-  near-tied weights (on tiny-dlm: 28 of 1.2M mask entries in layer 0), which the sequential
-  pipeline then propagates to later layers (0.1-0.4% of entries there). With
-  ``hessian_dtype: float64`` (float64 sums from the start) the ranks' sums round to the
-  single-process float32 Hessian, so the result is that of one process (bit-identical on
-  tiny-dlm and in the tests).
+  near-tied weights in the first layer, which the sequential pipeline then propagates to
+  later layers. With ``hessian_dtype: float64`` (float64 sums from the start) the ranks'
+  sums round to the single-process float32 Hessian, so the result is that of one process
+  running as many intra-op threads as each rank (float32 matmuls depend on the thread count).
+  Measured per layer on tiny-dlm, 2 ranks vs 1 process: ``benchmarks/results/data_parallel.md``.
 
 Nothing here runs unless a process group is initialised: without one the modifiers do
 exactly what they do in one process.
@@ -41,6 +41,7 @@ import torch.distributed as dist
 from compressed_tensors.offload import update_offload_parameter
 
 from sink_modifier.data.keyed_random import keyed_seed
+from sink_modifier.process.sharding import all_gather_int64, comm_device
 
 __all__ = [
     "all_gather_int64",
@@ -57,22 +58,6 @@ __all__ = [
 def is_data_parallel() -> bool:
     """True when a process group with more than one rank is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def comm_device() -> torch.device:
-    """Where collective buffers must live: the CPU for gloo, the current accelerator otherwise."""
-    if dist.get_backend() == "gloo":
-        return torch.device("cpu")
-    accelerator = torch.accelerator.current_accelerator()
-    return torch.device(accelerator.type, torch.accelerator.current_device_index())
-
-
-def all_gather_int64(value: int) -> list[int]:
-    """One integer from every rank, in rank order."""
-    local = torch.tensor([value], dtype=torch.int64, device=comm_device())
-    everyone = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, local)
-    return [int(t.item()) for t in everyone]
 
 
 def check_same_modules(names: Sequence[str], what: str) -> None:

@@ -24,8 +24,8 @@ What the sink pass costs (:func:`sink_modifier.sinks.global_attention_mass`):
 * It ends as soon as every attention module has run: the last layer's MLP, the final norm
   and the LM head are skipped (llm-compressor already replaces the LM head by a meta stub
   during calibration). What remains is one dense forward up to the last attention per
-  batch, which upstream Wanda does not pay: on tiny-dlm about 1.3x its CPU time (1.4x
-  before the early stop and the cheaper finiteness check).
+  batch, which upstream Wanda does not pay; measured against upstream Wanda in
+  ``benchmarks/results/cost.md``.
 * Attention memory is ``O(chunk * T)`` per layer, never ``[B, H, T, T]``: llm-compressor
   forces eager attention, so the pass swaps in the model's own eager function run on
   blocks of ``attention_chunk_size`` queries (SDPA models recompute mass from ``q, k`` in
@@ -35,11 +35,20 @@ What the sink pass costs (:func:`sink_modifier.sinks.global_attention_mass`):
   model at once. The pass lifts it, so weights are onloaded one module at a time and
   released after use (:mod:`sink_modifier.sinks.onload`); each batch's pass then moves
   every weight once (free when onload and offload device are both the CPU).
+
+What the modifier is told, and what it finds out itself
+-------------------------------------------------------
+``sink-modifier prune`` resolves the model family and builds the calibration set once, and
+hands both down with :meth:`SinkAwareSparsityBase.attach` before ``oneshot``. A direct
+``oneshot()`` user need not: the family is then detected from ``model.config`` (once per
+model), and the rows' (window, timestep) are read off the calibration DataLoader in
+``state.data.calib`` when it is a :meth:`CalibrationSet.dataloader
+<sink_modifier.process.calibration.CalibrationSet.dataloader>` (its
+:class:`~sink_modifier.process.rows.RowTable`); ``state.current_batch_idx`` picks a batch's rows.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
@@ -50,12 +59,13 @@ from llmcompressor.core import State, active_session
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 from llmcompressor.modifiers.utils.hooks import HooksMixin
 
+from sink_modifier.process.calibration import CalibrationSet
+from sink_modifier.process.rows import RowTable
 from sink_modifier.sinks import global_attention_mass, soft_sink_mask
 from sink_modifier.sinks.stability import apply_sink_policy
+from sink_modifier.sparsity_pattern import parse_mask_structure
 
 __all__ = ["SinkAwareSparsityBase"]
-
-_MASK_STRUCTURE = re.compile(r"^(\d+):(\d+)$")
 
 
 class SinkAwareSparsityBase(SparsityModifierBase):
@@ -74,13 +84,15 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         every sink at every timestep), ``unstable`` (only at positions whose sinkness varies
         across the timesteps of a sample, std > ``policy_unstable_std``), ``stable`` (only at
         positions that are sinks at most timesteps and do not vary; an ablation). Policies
-        other than ``all`` need each calibration batch to hold the noised copies of one
-        window (``DiffusionCalibrationSet.dataloader(batch_size=len(timesteps))``; the CLI
-        does this itself).
+        other than ``all`` need each calibration batch to hold every timestep of one window,
+        checked against the rows' (window, timestep) table: calibrate on
+        ``CalibrationSet.dataloader(batch_size=len(timesteps))`` (the CLI does this itself).
     :param policy_unstable_std: std over timesteps above which a position's sinkness is unstable.
     :param policy_stable_mean: mean over timesteps from which a steady position counts as a stable sink.
-    :param mask_token_id: the model's mask token (default ``config.mask_token_id``); used to
-        check that a batch holds copies of one window, and by SparseGPT's reference mode.
+    :param mask_token_id: the model's mask token, for SparseGPT's reference mode. Precedence:
+        this field (for ``oneshot()`` users without a family) > the attached family's (its
+        forward process, as in the attached calibration set) > the family detected from
+        ``model.config`` (``config.mask_token_id``).
     """
 
     sparsity: float | list[float] | None = None
@@ -99,6 +111,9 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     _pending_attention_mask: torch.Tensor | None = PrivateAttr(default=None)
     _pending_call: dict | None = PrivateAttr(default=None)
     _model_family: object | None = PrivateAttr(default=None)
+    _attached_family: object | None = PrivateAttr(default=None)
+    _attached_calibration: CalibrationSet | None = PrivateAttr(default=None)
+    _rows: RowTable | None = PrivateAttr(default=None)
     _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
 
     # -- validation (fails at recipe load, naming the field) ------------------------
@@ -114,15 +129,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     @field_validator("mask_structure", mode="before")
     @classmethod
     def _check_mask_structure(cls, value):
-        match = _MASK_STRUCTURE.match(str(value).strip())
-        if not match:
-            raise ValueError(f"mask_structure must look like 'N:M' (e.g. '2:4') or '0:0', got {value!r}")
-        n, m = int(match[1]), int(match[2])
-        if (n, m) != (0, 0) and not 0 < n < m:
-            raise ValueError(
-                f"mask_structure {value!r} is invalid: N of every M weights are pruned, so 0 < N < M "
-                "(e.g. '2:4'); use '0:0' for unstructured sparsity"
-            )
+        n, m = parse_mask_structure(value)
         return f"{n}:{m}"
 
     @field_validator("sink_alpha")
@@ -151,11 +158,25 @@ class SinkAwareSparsityBase(SparsityModifierBase):
             )
         return self
 
+    # -- what the caller resolved ---------------------------------------------------
+    def attach(self, *, family=None, calibration: CalibrationSet | None = None) -> None:
+        """Hand down what the caller already resolved, before ``oneshot``.
+
+        ``family`` (a :class:`~sink_modifier.families.ModelFamily`) replaces detection from
+        ``model.config``; ``calibration`` supplies the rows' (window, timestep) table when the
+        calibration DataLoader carries none, and the mask token of its forward process.
+        """
+        if family is not None:
+            self._attached_family = family
+        if calibration is not None:
+            self._attached_calibration = calibration
+
     # -- lifecycle -----------------------------------------------------------------
     def on_initialize(self, state: State, **kwargs) -> bool:
         super().on_initialize(state, **kwargs)
         self._model = state.model
-        self._model_family = None  # detected on first use, for this model
+        self._model_family = self._attached_family  # None: detected on first use, for this model
+        self._rows = self._row_table(getattr(getattr(state, "data", None), "calib", None))
         if self._input_embedding() is None:
             raise ValueError(
                 f"{type(state.model).__name__} has no input embedding (get_input_embeddings() "
@@ -191,9 +212,22 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         self._achieved_sparsity[name] = float((weight == 0).float().mean())
         return name
 
+    def _row_table(self, loader) -> RowTable | None:
+        """The calibration rows' table: the loader's own, else the attached set's batched like the loader."""
+        rows = getattr(loader, "rows", None)
+        if isinstance(rows, RowTable):
+            return rows
+        cal = self._attached_calibration
+        batch_size = getattr(loader, "batch_size", None)
+        dataset = getattr(loader, "dataset", None)
+        if cal is not None and isinstance(batch_size, int) and dataset is not None and len(dataset) == len(cal):
+            return cal.row_table(batch_size)
+        return None
+
     # -- sink weights per batch -------------------------------------------------------
     def _family(self):
-        """The model family's sink-pass rules (:mod:`sink_modifier.families`), detected once from the config."""
+        """The model family's rules (:mod:`sink_modifier.families`): the attached one, else detected
+        once per model from its config (direct ``oneshot()`` users)."""
         if self._model_family is None:
             from sink_modifier.families import family_of_model
 
@@ -235,7 +269,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         """Per-token weights ``1 - s`` of one calibration batch (the paper: one mask per row)."""
         sinks = soft_sink_mask(self.sink_mass(input_ids, valid), self.sink_std, self.sink_alpha, valid)
         if self.sink_policy != "all":
-            self._check_one_window_per_batch(input_ids)
+            self._check_one_window_per_batch()
             sinks = self.policy_masks(sinks)
         weights = 1.0 - sinks
         return weights if valid is None else weights * valid.to(weights)
@@ -247,27 +281,33 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         )
 
     def resolved_mask_token_id(self) -> int | None:
+        """The mask token: the ``mask_token_id`` field > the attached calibration set's process
+        (the attached family's) > the family's (attached, else detected) from ``model.config``."""
         if self.mask_token_id is not None:
             return self.mask_token_id
-        return getattr(getattr(self._model, "config", None), "mask_token_id", None)
+        attached = getattr(self._attached_calibration, "mask_token_id", None)
+        if attached is not None:
+            return attached
+        try:
+            return self._family().mask_token_id(None, getattr(self._model, "config", None))
+        except ValueError:  # a diffusion family whose config names no mask token
+            return None
 
-    def _check_one_window_per_batch(self, input_ids: torch.Tensor) -> None:
-        """A policy compares a sample's timesteps, so a batch must be the noised copies of one window."""
+    def _check_one_window_per_batch(self) -> None:
+        """A policy compares a window's timesteps, so a batch must be every timestep of one window."""
         hint = (
             f"sink_policy={self.sink_policy!r} compares the sink masks of one window across timesteps, so "
-            "each calibration batch must hold the noised copies of one window: use "
-            "DiffusionCalibrationSet.dataloader(batch_size=len(timesteps)) (sink-modifier prune does this)"
+            "each calibration batch must hold the noised copies of one window at every timestep: calibrate on "
+            "CalibrationSet.dataloader(batch_size=len(timesteps)) (sink-modifier prune does this)"
         )
-        if input_ids.shape[0] < 2:
-            raise ValueError(f"{hint}; got a batch of {input_ids.shape[0]} row")
-        mask_id = self.resolved_mask_token_id()
-        if mask_id is None or self._family().uniform_noise:
-            return  # uniform noise changes tokens without a marker: nothing to compare
-        visible = input_ids != mask_id
-        reference = torch.where(visible, input_ids, -1).max(dim=0).values  # any visible token per position
-        clash = visible & (input_ids != reference[None, :])
-        if bool(clash.any()):
-            raise ValueError(f"{hint}; this batch's rows disagree on visible tokens")
+        if self._rows is None:
+            raise ValueError(
+                f"{hint}; this calibration DataLoader carries no row table (window and timestep of each row), "
+                "so its batches cannot be checked"
+            )
+        problem = self._rows.one_window_problem(active_session().state.current_batch_idx)
+        if problem is not None:
+            raise ValueError(f"{hint}; {problem}")
 
     def weights_for(self, module: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The current batch's token weights aligned with a Linear's ``inputs``: ``([B,T,d], [B,T] | None)``."""

@@ -11,7 +11,9 @@ Two ways to get ``s``:
 * ``sink_mask_mode: per_row`` (default): each calibration row is one noised sequence at one
   timestep with its own mask, exactly like the sink-aware Wanda.
 * ``sink_mask_mode: reference`` reproduces the paper's code (reference-spec §1.10): rows are
-  *clean* windows; the modifier noises each at ``reference_timesteps``, detects sinks on every
+  *clean* windows; the modifier noises each at ``reference_timesteps`` with the mask-token
+  forward process (:class:`~sink_modifier.process.forward.MaskTokenProcess`, the model's mask
+  token, see :meth:`~.sink_base.SinkAwareSparsityBase.resolved_mask_token_id`), detects sinks on every
   noised copy with the dense model, and applies the timestep-averaged mask
   ``1 − mean_t s_t`` to the clean row's activations. (The paper's mismatch, noisy-sequence
   masks on clean-sequence activations, is kept on purpose so the two can be compared.)
@@ -46,7 +48,7 @@ from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import (
 )
 
 from sink_modifier.data.keyed_random import keyed_seed, tensor_bytes
-from sink_modifier.process import LLADA_TIMESTEPS, noise_tokens, row_generator
+from sink_modifier.process import LLADA_TIMESTEPS, MaskTokenProcess, row_generator
 from sink_modifier.modifiers.data_parallel import (
     broadcast_weight,
     check_same_modules,
@@ -145,8 +147,8 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     def batch_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         if self.sink_mask_mode == "per_row":
             return super().batch_token_weights(input_ids, valid)
-        mask_id = self._reference_mask_token()
-        if bool((input_ids == mask_id).any()):
+        process = MaskTokenProcess(self._reference_mask_token(), eps=self.reference_eps)
+        if bool((input_ids == process.mask_token_id).any()):
             logger.warning(
                 "sink_mask_mode=reference expects clean calibration rows (timesteps 0) but the "
                 "rows contain mask tokens; they are noised again"
@@ -155,7 +157,7 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
         per_timestep = []  # [K] of [B, T]
         for j, t in enumerate(self.reference_timesteps):
             noised = torch.stack([
-                noise_tokens(row.cpu(), t, mask_id, row_generator(self.seed, key, j), eps=self.reference_eps)
+                process.noise_row(row.cpu(), t, row_generator(self.seed, key, j))
                 for row, key in zip(input_ids, keys)
             ]).to(input_ids.device)
             mass = self.sink_mass(noised, valid)
@@ -170,8 +172,9 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
         mask_id = self.resolved_mask_token_id()
         if mask_id is None:
             raise ValueError(
-                "sink_mask_mode=reference noises calibration rows itself and needs a mask token: "
-                "set mask_token_id in the recipe (e.g. 126336 for LLaDA) or config.mask_token_id"
+                "sink_mask_mode=reference noises calibration rows itself and needs a mask token, but "
+                "the model's family names none: set mask_token_id in the recipe (e.g. 126336 for "
+                "LLaDA) or config.mask_token_id"
             )
         return int(mask_id)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["is_diffusion_config", "resolve_mask_token_id"]
+__all__ = ["resolve_mask_token_id"]
 
 
 def resolve_mask_token_id(tokenizer: Any = None, config: Any = None) -> int:
@@ -31,17 +31,6 @@ def resolve_mask_token_id(tokenizer: Any = None, config: Any = None) -> int:
         "nor config.mask_token_id is set; pass mask_token_id=... (e.g. 126336 for LLaDA, "
         "151666 for Dream) or add a mask token to the tokenizer"
     )
-
-
-def is_diffusion_config(config: Any) -> bool:
-    """True iff the config declares bidirectional attention (``is_causal is False``).
-
-    A deliberately simple first cut: masked DLMs attend bidirectionally, and
-    checkpoints that say so explicitly are recognised here. Model families
-    whose configs lack the flag (e.g. LLaDA, Dream remote code) are expected
-    to refine this with their own detection.
-    """
-    return getattr(config, "is_causal", None) is False
 
 
 def _model_name(tokenizer: Any, config: Any) -> str:

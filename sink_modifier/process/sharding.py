@@ -1,9 +1,9 @@
 """Split a calibration set across ``torch.distributed`` ranks, whole windows at a time.
 
-Under ``torchrun`` every rank builds the same :class:`DiffusionCalibrationSet` (same
+Under ``torchrun`` every rank builds the same :class:`~.calibration.CalibrationSet` (same
 data, seed, timesteps) and calibrates on its own share::
 
-    cal = build_diffusion_calibration(...)            # identical on every rank
+    cal = family.build_calibration(...)              # identical on every rank
     shard = shard_calibration(cal)                   # this rank's windows
     oneshot(model=..., dataset=shard.dataloader(batch_size=len(cal.timesteps)), recipe=...)
 
@@ -25,6 +25,7 @@ ranks hold the same set and refuses otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -32,9 +33,9 @@ import torch.distributed as dist
 
 from sink_modifier.data.keyed_random import keyed_seed, tensor_bytes
 
-from .calibration import DiffusionCalibrationSet
+from .calibration import CalibrationSet
 
-__all__ = ["calibration_fingerprint", "shard_bounds", "shard_calibration"]
+__all__ = ["all_gather_int64", "calibration_fingerprint", "comm_device", "shard_bounds", "shard_calibration"]
 
 
 def shard_bounds(num_windows: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -51,26 +52,31 @@ def shard_bounds(num_windows: int, rank: int, world_size: int) -> tuple[int, int
     return start, end
 
 
-def calibration_fingerprint(cal: DiffusionCalibrationSet) -> int:
-    """A 63-bit digest of the rows, timesteps and seed (equal sets give equal fingerprints)."""
-    return keyed_seed([
+def calibration_fingerprint(cal: CalibrationSet) -> int:
+    """A 63-bit digest of the rows, timesteps, seed and process (equal sets give equal fingerprints)."""
+    mask_token_id = -1 if cal.mask_token_id is None else cal.mask_token_id
+    chunks = [
         tensor_bytes(cal.input_ids),
         tensor_bytes(cal.attention_mask),
-        repr((cal.timesteps, cal.seed, cal.eps, cal.mask_token_id)).encode(),
-    ])
+        repr((cal.timesteps, cal.seed, cal.eps, mask_token_id)).encode(),
+    ]
+    if cal.prompt_length or (cal.process is not None and cal.mask_token_id is None):
+        # Mask-token and clean sets keep the digest they always had; other layouts name theirs.
+        chunks.append(repr((cal.prompt_length, cal.process)).encode())
+    return keyed_seed(chunks)
 
 
 def shard_calibration(
-    cal: DiffusionCalibrationSet,
+    cal: CalibrationSet,
     rank: int | None = None,
     world_size: int | None = None,
     *,
     check_identical: bool = True,
-) -> DiffusionCalibrationSet:
+) -> CalibrationSet:
     """This rank's windows of ``cal`` (every timestep of each), as a new calibration set.
 
     ``rank``/``world_size`` default to the initialised process group; without one (or
-    with ``world_size == 1``) ``cal`` is returned unchanged. ``sample_index`` keeps the
+    with ``world_size == 1``) ``cal`` is returned unchanged. ``window_index`` keeps the
     global window numbers. With a process group and ``check_identical``, the ranks'
     fingerprints are compared first (a collective: call it on every rank), and a rank
     whose set differs is an error naming the ranks, as the shares would then not add up
@@ -93,22 +99,32 @@ def shard_calibration(
         return cal
     start, end = shard_bounds(cal.num_samples, rank, world_size)
     rows = slice(start * k, end * k)
-    return DiffusionCalibrationSet(
+    return dataclasses.replace(
+        cal,
         input_ids=cal.input_ids[rows].clone(),
-        attention_mask=cal.attention_mask[rows].clone(),
-        sample_index=cal.sample_index[rows].clone(),
+        window_index=cal.window_index[rows].clone(),
         timestep=cal.timestep[rows].clone(),
         clean_ids=cal.clean_ids[start:end].clone(),
-        timesteps=cal.timesteps,
-        mask_token_id=cal.mask_token_id,
-        seed=cal.seed,
-        eps=cal.eps,
     )
 
 
-def _check_same_everywhere(fingerprint: int) -> None:
-    from sink_modifier.modifiers.data_parallel import all_gather_int64
+def comm_device() -> torch.device:
+    """Where collective buffers must live: the CPU for gloo, the current accelerator otherwise."""
+    if dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    accelerator = torch.accelerator.current_accelerator()
+    return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
+
+def all_gather_int64(value: int) -> list[int]:
+    """One integer from every rank, in rank order (also used by the modifiers' data parallelism)."""
+    local = torch.tensor([value], dtype=torch.int64, device=comm_device())
+    everyone = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, local)
+    return [int(t.item()) for t in everyone]
+
+
+def _check_same_everywhere(fingerprint: int) -> None:
     everyone = all_gather_int64(fingerprint)
     if len(set(everyone)) > 1:
         groups: dict[int, list[int]] = {}

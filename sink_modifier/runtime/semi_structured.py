@@ -44,7 +44,8 @@ from torch.sparse import (
     to_sparse_semi_structured,
 )
 
-from sink_modifier.export.sparsity import is_n_m_sparse
+from sink_modifier.families.modules import output_head
+from sink_modifier.sparsity_pattern import is_n_m_sparse
 
 __all__ = [
     "DEFAULT_MIN_FEATURES",
@@ -181,10 +182,7 @@ def eligible_2of4_linears(
     """
     _check_backend(backend)
     _check_dtype(dtype, backend)
-    try:
-        output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    except (AttributeError, NotImplementedError):
-        output_embeddings = None
+    output_embeddings = output_head(model)
     owners: dict[int, list[str]] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
         for param_name, param in module.named_parameters(recurse=False):

@@ -46,8 +46,6 @@ passed to the model (transformers would shift them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -55,9 +53,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .denoiser import Corruption, LogitsFn, check_logit_shift, denoiser_logits, masked_token_ce, model_logits, resolve_corruption
 from .inference import eval_mode, input_device
-
-from sink_modifier.process.corruption import MaskTokenCorruption
 from .masks import fixed_ratio_masks, nelbo_masks
 
 __all__ = ["NelboResult", "masked_cross_entropy", "nelbo"]
@@ -102,63 +99,6 @@ def _check_windows(windows: torch.Tensor) -> None:
         raise ValueError(f"windows is empty: shape {tuple(windows.shape)}")
 
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-Corruption = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], torch.Tensor]
-
-
-def _corruption(mask_token_id: int | None, corrupt: Corruption | None) -> Corruption:
-    """``corrupt`` (e.g. :class:`.corruption.UniformCorruption`), or the mask token by default."""
-    if corrupt is not None:
-        return corrupt
-    if mask_token_id is None:
-        raise ValueError("pass mask_token_id (masked diffusion) or corrupt (e.g. UniformCorruption)")
-    return MaskTokenCorruption(int(mask_token_id))
-
-
-def _aligned_logits(
-    model: nn.Module, input_ids: torch.Tensor, logit_shift: int, logits_fn: LogitsFn | None = None
-) -> torch.Tensor:
-    """Logits with ``[:, i]`` scoring the token at ``i`` (model dtype, not yet upcast).
-
-    ``logits_fn(input_ids) -> [B, T, V]`` replaces ``model(input_ids=...).logits`` for models
-    with another forward (a family's ``logits``, e.g. DiffusionGemma's prompt/canvas split).
-    ``logit_shift=1`` undoes Dream's convention (``logits[:, i-1]`` predicts token ``i``);
-    position 0 then reuses ``logits[:, 0]``, which is meaningless, so with Dream-style models
-    position 0 (normally a BOS) should be excluded via ``maskable``.
-    """
-    if logits_fn is not None:
-        logits = logits_fn(input_ids)
-    else:
-        output = model(input_ids=input_ids)
-        logits = getattr(output, "logits", None)
-    if logits is None:
-        raise TypeError("the model's output has no .logits")
-    if logit_shift == 1:
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-    return logits
-
-
-def _check_shift(logit_shift: int) -> None:
-    if logit_shift not in (0, 1):
-        raise ValueError(f"logit_shift must be 0 (LLaDA) or 1 (Dream), got {logit_shift}")
-
-
-def _masked_ce(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-masked-token CE and argmax correctness, in row-major order of ``mask``.
-
-    Only the masked rows of the logits are upcast, so float32 log-softmax costs memory
-    proportional to the number of masked tokens, not ``B * T * V``.
-    """
-    selected = logits[mask].float()
-    log_probs = torch.log_softmax(selected, dim=-1)
-    tgt = targets[mask]
-    ce = -log_probs.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    correct = selected.argmax(dim=-1) == tgt
-    return ce, correct
-
-
 def masked_cross_entropy(
     model: nn.Module,
     windows: torch.Tensor,
@@ -178,18 +118,19 @@ def masked_cross_entropy(
     Each window gets exactly ``max(1, round(ratio * L))`` masked positions from
     :func:`.masks.fixed_ratio_masks` (same seed -> same masks for every model). CE is pooled over
     all masked tokens of all windows. ``corrupt`` replaces what hidden positions hold (default:
-    ``mask_token_id``; :class:`.corruption.UniformCorruption` for uniform-noise models).
+    ``mask_token_id``; the family's ``evaluation_corruption``, e.g. uniform substitution).
 
     Returns:
         ``{"ce": float, "accuracy": float, "n_masked": int, "ratio": float}``.
     """
     _check_windows(windows)
-    _check_shift(logit_shift)
+    check_logit_shift(logit_shift)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_windows, seq_len = windows.shape
     masks = fixed_ratio_masks(num_windows, seq_len, ratio, seed, maskable=maskable)
-    corrupt = _corruption(mask_token_id, corrupt)
+    corrupt = resolve_corruption(mask_token_id, corrupt)
+    forward = logits_fn if logits_fn is not None else model_logits(model)
     device = input_device(model)
     ce_sum, n_correct, n_masked = 0.0, 0, 0
     starts = range(0, num_windows, batch_size)
@@ -199,8 +140,7 @@ def masked_cross_entropy(
             mask = masks[start : start + batch_size].to(device)
             rows = torch.arange(start, start + clean.shape[0])
             noisy = corrupt(clean, mask, rows, f"fixed_ratio:{float(ratio).hex()}")
-            logits = _aligned_logits(model, noisy, logit_shift, logits_fn)
-            ce, correct = _masked_ce(logits, clean, mask)
+            ce, correct = masked_token_ce(denoiser_logits(forward, noisy, logit_shift=logit_shift), clean, mask)
             ce_sum += ce.double().sum().item()
             n_correct += int(correct.sum())
             n_masked += ce.numel()
@@ -237,12 +177,13 @@ def nelbo(
     computed, but it is a denoising cross-entropy, not an ELBO of the model: report it as such.
     """
     _check_windows(windows)
-    _check_shift(logit_shift)
+    check_logit_shift(logit_shift)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_windows, seq_len = windows.shape
     masks, counts = nelbo_masks(num_windows, seq_len, mc_samples, seed, maskable=maskable)
-    corrupt = _corruption(mask_token_id, corrupt)
+    corrupt = resolve_corruption(mask_token_id, corrupt)
+    forward = logits_fn if logits_fn is not None else model_logits(model)
     lengths = (
         torch.full((num_windows,), seq_len, dtype=torch.float64)
         if maskable is None
@@ -259,8 +200,7 @@ def nelbo(
             clean = windows[row_window[rows]].to(device=device, dtype=torch.long)
             mask = flat_masks[rows].to(device)
             noisy = corrupt(clean, mask, torch.arange(num_windows * mc_samples)[rows], "nelbo")
-            logits = _aligned_logits(model, noisy, logit_shift, logits_fn)
-            ce, _ = _masked_ce(logits, clean, mask)
+            ce, _ = masked_token_ce(denoiser_logits(forward, noisy, logit_shift=logit_shift), clean, mask)
             row_of_token = mask.nonzero()[:, 0].cpu()
             sums = torch.zeros(mask.shape[0], dtype=torch.float64)
             sums.index_add_(0, row_of_token, ce.double().cpu())

@@ -59,7 +59,7 @@ def evaluate_model(
     Causal: ``{"ppl", "ce", "num_windows", "seq_len", "seed"}``.
     Ratio keys are ``str(float(ratio))``. ``maskable [N, T]``, ``logit_shift`` and ``logits_fn``
     carry a family's rules (:meth:`ModelFamily.maskable`, ``.logit_shift``, ``.logits``);
-    ``corrupt`` replaces what hidden positions hold (:mod:`.corruption`; default the mask token).
+    ``corrupt`` replaces what hidden positions hold (``ModelFamily.evaluation_corruption``; default the mask token).
     """
     _validate(model, windows)
     num_windows, seq_len = windows.shape
@@ -74,35 +74,14 @@ def evaluate_model(
         }
     if mask_token_id is None and corrupt is None:
         raise ValueError("diffusion=True needs mask_token_id (e.g. model.config.mask_token_id) or corrupt")
-    bound = nelbo(
-        model,
-        windows,
-        mask_token_id,
-        mc_samples=mc_samples,
-        seed=seed,
-        batch_size=batch_size,
-        logit_shift=logit_shift,
-        progress=progress,
-        maskable=maskable,
-        logits_fn=logits_fn,
-        corrupt=corrupt,
-    )
+    # Every metric scores the same windows under the same family rules.
+    shared = dict(seed=seed, batch_size=batch_size, logit_shift=logit_shift, progress=progress,
+                  maskable=maskable, logits_fn=logits_fn, corrupt=corrupt)
+    bound = nelbo(model, windows, mask_token_id, mc_samples=mc_samples, **shared)
     masked_ce: dict[str, float] = {}
     masked_acc: dict[str, float] = {}
     for ratio in ratios:
-        result = masked_cross_entropy(
-            model,
-            windows,
-            mask_token_id,
-            ratio,
-            seed=seed,
-            batch_size=batch_size,
-            logit_shift=logit_shift,
-            progress=progress,
-            maskable=maskable,
-            logits_fn=logits_fn,
-            corrupt=corrupt,
-        )
+        result = masked_cross_entropy(model, windows, mask_token_id, ratio, **shared)
         masked_ce[str(float(ratio))] = result["ce"]
         masked_acc[str(float(ratio))] = result["accuracy"]
     return {

@@ -16,8 +16,10 @@ Two families are provided:
 
 * :func:`fixed_ratio_masks` -- exactly ``max(1, round(ratio * L))`` masked positions per window,
   for the "masked cross-entropy at ratio r" metric.
-* :func:`nelbo_masks` -- the stratified exact-count scheme of the LLaDA Monte-Carlo ELBO
-  (Nie et al. 2025, §4.1 / ``get_log_likelihood.py``), see :mod:`.diffusion_metrics`.
+* :func:`stratified_masks` -- the stratified exact-count scheme of the LLaDA Monte-Carlo ELBO
+  (Nie et al. 2025, §4.1 / ``get_log_likelihood.py``) over a given set of positions, the one
+  generator behind :func:`nelbo_masks` (evaluation windows, see :mod:`.diffusion_metrics`) and
+  :func:`elbo_masks` (an lm-eval request's continuation, keyed by its token ids, see :mod:`.elbo`).
 
 ``L`` is the *maskable* length: the whole window by default, or the number of ``True`` entries
 of ``maskable`` (e.g. to keep a prompt or a BOS token visible).
@@ -29,7 +31,9 @@ import torch
 
 from sink_modifier.data.keyed_random import keyed_generator
 
-__all__ = ["fixed_ratio_masks", "nelbo_masks", "stratified_counts", "window_generator"]
+__all__ = ["elbo_masks", "fixed_ratio_masks", "nelbo_masks", "stratified_counts", "stratified_masks", "window_generator"]
+
+_ELBO_SALT = "lm_eval:elbo"
 
 
 def window_generator(seed: int, index: int, salt: str) -> torch.Generator:
@@ -117,6 +121,38 @@ def stratified_counts(length: int, mc_samples: int, generator: torch.Generator) 
     return (counts - 1) % length + 1
 
 
+def stratified_masks(
+    positions: torch.Tensor,
+    seq_len: int,
+    mc_samples: int,
+    generator: torch.Generator,
+    strata_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mc_samples`` stratified exact-count masks over ``positions`` of a row of ``seq_len``.
+
+    With ``L = len(positions)``, the counts come in groups of ``strata_size`` draws (default: one
+    group of all ``mc_samples``), each group :func:`stratified_counts` with its own offset; then
+    row ``r`` hides the first ``k_r`` entries of its own uniform random permutation of
+    ``positions``. Every draw comes from ``generator``, counts first, in that order.
+
+    Returns:
+        ``(masks, counts)``: ``BoolTensor[mc, seq_len]`` and ``LongTensor[mc]`` with
+        ``masks.sum(-1) == counts``.
+    """
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    strata = mc_samples if strata_size is None else int(strata_size)
+    if strata < 1 or mc_samples % strata:
+        raise ValueError(f"the draws ({mc_samples}) must be a multiple of strata_size ({strata})")
+    length = positions.numel()
+    counts = torch.cat([stratified_counts(length, strata, generator) for _ in range(mc_samples // strata)])
+    masks = torch.zeros(mc_samples, seq_len, dtype=torch.bool)
+    for r in range(mc_samples):
+        perm = torch.randperm(length, generator=generator)
+        masks[r, positions[perm[: int(counts[r])]]] = True
+    return masks, counts
+
+
 def nelbo_masks(
     num_windows: int,
     seq_len: int,
@@ -142,10 +178,21 @@ def nelbo_masks(
     masks = torch.zeros(num_windows, mc_samples, seq_len, dtype=torch.bool)
     counts = torch.zeros(num_windows, mc_samples, dtype=torch.long)
     for i, pos in enumerate(positions):
-        length = pos.numel()
-        generator = window_generator(seed, i, "nelbo")
-        counts[i] = stratified_counts(length, mc_samples, generator)
-        for r in range(mc_samples):
-            perm = torch.randperm(length, generator=generator)
-            masks[i, r, pos[perm[: int(counts[i, r])]]] = True
+        masks[i], counts[i] = stratified_masks(pos, seq_len, mc_samples, window_generator(seed, i, "nelbo"))
     return masks, counts
+
+
+def elbo_masks(
+    length: int, mc_num: int, seed: int, key: int, strata_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``mc_num`` masks over ``length`` continuation positions of one lm-eval request.
+
+    ``key`` names the request (:func:`.elbo.request_key` of its token ids), so a request gets
+    the same masks whatever its position, batch, rank or model. Returns ``(masks, counts)``:
+    ``BoolTensor[mc_num, length]`` and ``LongTensor[mc_num]``, see :func:`stratified_masks`.
+    """
+    if length < 1:
+        raise ValueError(f"the continuation must have at least one token, got {length}")
+    if mc_num < 1:
+        raise ValueError(f"mc_num must be >= 1, got {mc_num}")
+    return stratified_masks(torch.arange(length), length, mc_num, window_generator(seed, key, _ELBO_SALT), strata_size)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from sink_modifier.families.modules import attention_modules as find_attention_modules
 from sink_modifier.sinks.mass import _mask_block, mass_from_probabilities, mass_from_query_key, query_chunk_size
 from sink_modifier.sinks.onload import onload_one_module_at_a_time
 
@@ -164,9 +165,9 @@ class AttentionMassObserver:
         self.stop_when_all_observed = stop_when_all_observed
         self.restricted = attention_modules is not None
         self.trailing_keys = trailing_keys
-        self.attention_modules = list(attention_modules) if attention_modules is not None else [
-            m for m in model.modules() if type(m).__name__.endswith("Attention")
-        ]
+        self.attention_modules = (
+            list(attention_modules) if attention_modules is not None else find_attention_modules(model)
+        )
         self._observed_ids = set(map(id, self.attention_modules))
         self._running = 0
         self._handles: list = []

@@ -1,0 +1,73 @@
+"""Argument types and option adders shared by the sub-commands: one validator per kind of value.
+
+Only the standard library is imported at module level; the ``--family`` and ``--dtype``
+choices come from :mod:`sink_modifier.families` (torch, but no llm-compressor and no model code).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = [
+    "add_dtype_argument",
+    "add_family_argument",
+    "add_trust_remote_code_argument",
+    "non_negative_float",
+    "positive_int",
+    "timesteps",
+]
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from err
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def timesteps(text: str) -> tuple[float, ...]:
+    """Comma-separated diffusion timesteps, each in [0, 1] (0 = a clean row)."""
+    message = f"--timesteps takes comma-separated floats in [0, 1], got {text!r}"
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(message) from err
+    if not values or any(not 0.0 <= t <= 1.0 for t in values):
+        raise argparse.ArgumentTypeError(message)
+    return values
+
+
+def add_family_argument(parser: argparse.ArgumentParser) -> None:
+    from sink_modifier.families import FAMILIES
+
+    parser.add_argument("--family", choices=list(FAMILIES), default=None,
+                        help="model family (default: detected from config.json; see `sink-modifier families`)")
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser, default: str, help: str | None = None) -> None:
+    from sink_modifier.families import DTYPES
+
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=default, help=help)
+
+
+def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+
+
+def add_model_loading_arguments(parser: argparse.ArgumentParser, dtype_default: str, dtype_help: str | None = None) -> None:
+    """``--dtype``, ``--trust-remote-code`` and ``--family``: how every model-reading command loads its model."""
+    add_dtype_argument(parser, dtype_default, dtype_help)
+    add_trust_remote_code_argument(parser)
+    add_family_argument(parser)
