@@ -212,10 +212,17 @@ def test_pure_modules_import_without_llm_compressor():
     assert out == "[]"
 
 
+RECIPE = str(REPO / "recipes" / "sink_wanda_50.yaml")
+# After either import order: the factory knows our classes, a YAML recipe naming one parses, and the
+# package's lazy attribute gives the class (one fresh interpreter per order: each costs seconds).
 REGISTERED = (
     "from llmcompressor.modifiers.factory import ModifierFactory\n"
+    "from llmcompressor.recipe import Recipe\n"
+    "from sink_modifier import SinkAwareWandaPruningModifier\n"
     "names = ('SinkAwareWandaPruningModifier', 'SinkAwareSparseGPTModifier', 'MaskPreservingGPTQModifier')\n"
-    "print(all(name in ModifierFactory._registered_registry for name in names))"
+    "print('RESULT', all(name in ModifierFactory._registered_registry for name in names))\n"
+    f"print('RESULT', [type(m).__name__ for m in Recipe.create_instance({RECIPE!r}).modifiers])\n"
+    "print('RESULT', SinkAwareWandaPruningModifier.__name__)"
 )
 
 
@@ -223,19 +230,6 @@ REGISTERED = (
                                    "import llmcompressor\nimport sink_modifier\n",
                                    "import sink_modifier.data\nimport llmcompressor.modifiers.factory\n"])
 def test_modifiers_register_in_either_import_order(order):
-    assert _fresh(order + REGISTERED).splitlines()[-1] == "True"
-
-
-def test_yaml_recipe_naming_our_modifiers_parses_after_a_light_import():
-    recipe = str(REPO / "recipes" / "sink_wanda_50.yaml")
-    out = _fresh(
-        "import sink_modifier\n"
-        "from llmcompressor.recipe import Recipe\n"
-        f"print([type(m).__name__ for m in Recipe.create_instance({recipe!r}).modifiers])"
-    )
-    assert out.splitlines()[-1] == "['SinkAwareWandaPruningModifier']"
-
-
-def test_modifier_classes_are_importable_from_the_package():
-    out = _fresh("from sink_modifier import SinkAwareWandaPruningModifier as W\nprint(W.__name__)")
-    assert out.splitlines()[-1] == "SinkAwareWandaPruningModifier"
+    # llm-compressor 0.14 logs its accelerator warning on stdout; keep only our lines.
+    results = [line[len("RESULT "):] for line in _fresh(order + REGISTERED).splitlines() if line.startswith("RESULT ")]
+    assert results == ["True", "['SinkAwareWandaPruningModifier']", "SinkAwareWandaPruningModifier"]
