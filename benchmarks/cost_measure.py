@@ -126,7 +126,7 @@ def child_oneshot(path: str, method: str, T: int, windows: int, batch_size: int,
     if method == "llmc":
         modifier = WandaPruningModifier(sparsity=0.5, targets=["Linear"], ignore=["re:.*lm_head"])
     else:
-        modifier = SinkAwareWandaPruningModifier(sparsity=0.5)
+        modifier = SinkAwareWandaPruningModifier(sparsity=0.5, ignore=["re:.*lm_head"])
     gc.collect()
     baseline = rss_mib()
     reset = reset_peak_rss()

@@ -191,7 +191,7 @@ def markdown(report: dict) -> str:
         "",
         "## Analytic model",
         "",
-        "Counts from `benchmarks/cost.py` (formulas in its docstrings; tested in `tests/test_cost_model.py`). "
+        "Counts from `benchmarks/cost_model.py` (formulas in its docstrings; tested in `tests/test_cost_model.py`). "
         "Full-forward equivalents = layer forwards / layers (a sequential pass over all layers counts as one). "
         "Matmul FLOPs only (2 per MAC). Peak device = device weights + block in/out + max(layer activations + "
         "attention core + mass buffer, logits) + statistics + stored token weights. `resident`: the whole model "

@@ -248,6 +248,7 @@ def make_modifier(method: Method, spec: Sparsity):
             mask_structure=spec.mask_structure,
             sink_weighting=method.sink_weighting,
             statistic=method.statistic,
+            ignore=["re:.*lm_head"],  # as the upstream arms: the head stays dense in every arm
         )
     raise ValueError(f"{method.key} is not calibrated")
 

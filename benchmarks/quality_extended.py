@@ -50,14 +50,15 @@ def modifier_for(key: str, spec: q.Sparsity):
     from sink_modifier import SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier
 
     common = dict(sparsity=spec.sparsity, mask_structure=spec.mask_structure)
+    head_dense = dict(ignore=["re:.*lm_head"])  # every arm, ours as upstream's, keeps the head dense
     if key == "sgpt_clean":
         return SparseGPTModifier(**common, targets=["Linear"], ignore=["re:.*lm_head"])
     if key in ("sgpt_off", "sgpt_on"):
-        return SinkAwareSparseGPTModifier(**common, sink_weighting=key == "sgpt_on")
+        return SinkAwareSparseGPTModifier(**common, **head_dense, sink_weighting=key == "sgpt_on")
     if key == "sgpt_reference":
-        return SinkAwareSparseGPTModifier(**common, sink_mask_mode="reference")
+        return SinkAwareSparseGPTModifier(**common, **head_dense, sink_mask_mode="reference")
     if key in POLICIES:
-        return SinkAwareWandaPruningModifier(**common, statistic="rms", sink_policy=key.split("_")[1])
+        return SinkAwareWandaPruningModifier(**common, **head_dense, statistic="rms", sink_policy=key.split("_")[1])
     raise ValueError(key)
 
 

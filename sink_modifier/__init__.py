@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+from types import ModuleType
+from typing import Callable
 
 __version__ = "0.1.0"
 __all__ = ["MaskPreservingGPTQModifier", "SinkAwareSparseGPTModifier", "SinkAwareWandaPruningModifier", "__version__"]
@@ -28,37 +30,59 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _register_modifiers() -> None:
+def _register_modifiers(module=None) -> None:
     import sink_modifier.modifiers  # noqa: F401  (registers them with llm-compressor's ModifierFactory)
 
 
-class _RegisterAfterLLMCompressor(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the import of ``llmcompressor`` it wraps that package's loader so
-    our modifiers are registered once its ``__init__`` has run.
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first import of ``module_name`` it wraps that module's loader
+    so ``callback(module)`` runs once the module's own code has run; then it leaves ``sys.meta_path``."""
 
-    Not earlier (e.g. when ``llmcompressor.modifiers.factory`` executes): our modifiers subclass
-    llm-compressor classes, and importing them from inside llm-compressor's own package import
-    would meet half-initialised modules.
-    """
+    def __init__(self, module_name: str, callback: Callable[[ModuleType], None]) -> None:
+        self.module_name = module_name
+        self.callback = callback
+
+    def same_as(self, module_name: str, callback: Callable[[ModuleType], None]) -> bool:
+        # by name, not identity: a re-imported sink_modifier has new function objects
+        return (self.module_name, _qualified(self.callback)) == (module_name, _qualified(callback))
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "llmcompressor":
+        if fullname != self.module_name:
             return None
         sys.meta_path.remove(self)  # one shot; also keeps the lookup below from finding us again
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return spec
-        run_package = spec.loader.exec_module
+        run_module = spec.loader.exec_module
+        callback = self.callback
 
         def exec_module(module) -> None:
-            run_package(module)
-            _register_modifiers()
+            run_module(module)
+            callback(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-if "llmcompressor" in sys.modules:
-    _register_modifiers()
-elif not any(isinstance(finder, _RegisterAfterLLMCompressor) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterLLMCompressor())
+def _qualified(function: Callable) -> str:
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def after_import(module_name: str, callback: Callable[[ModuleType], None]) -> None:
+    """Run ``callback(module)`` now if ``module_name`` is imported, else once, right after the module's
+    code has first run (its whole body, so everything it defines is complete).
+
+    The package's own tool (modifier registration here, loguru sinks in :mod:`sink_modifier.console`);
+    the same callback registered twice for one module still runs once.
+    """
+    if module_name in sys.modules:
+        callback(sys.modules[module_name])
+    elif not any(isinstance(getattr(finder, "module_name", None), str) and finder.same_as(module_name, callback)
+                 for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(module_name, callback))
+
+
+# Our modifiers subclass llm-compressor classes: registering them from inside llm-compressor's
+# own package import (e.g. when llmcompressor.modifiers.factory executes) would meet
+# half-initialised modules, so wait for the whole ``llmcompressor`` package.
+after_import("llmcompressor", _register_modifiers)

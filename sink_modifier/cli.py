@@ -1,8 +1,10 @@
 """``sink-modifier``: prune, evaluate, verify and analyze diffusion LMs from the command line.
 
 Builds the parser from the command modules (:mod:`sink_modifier.commands`) and dispatches;
-each command's options, run and workflow live in its own module.
-Exit codes: 0 success, 1 ``verify`` found a problem, 2 usage or input error.
+each command's options, run and workflow live in its own module. stdout carries only the
+command's result (JSON with ``--json``); logs, warnings and progress bars go to stderr
+(:mod:`sink_modifier.console`), one line per phase unless ``-v``.
+Exit codes: 0 success, 1 ``verify`` found a problem, 2 usage or input error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sink_modifier import console
 from sink_modifier.commands import analyze, evaluate, export_onnx, families, generate, prune, verify
 
 __all__ = ["build_parser", "main"]
@@ -26,14 +29,21 @@ COMMANDS = {
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sink-modifier", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
-        module.add_parser(subparsers)
+        _add_verbose_argument(module.add_parser(subparsers))
     return parser
+
+
+def _add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log lines on stderr: -v per-layer detail and llm-compressor's INFO, "
+                        "-vv everything (also the upstream notes hidden by default)")
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -44,14 +54,22 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    command = "sink-modifier"
     try:
+        console.quiet_progress_bars()  # before build_parser: its --family choices import torch, which imports tqdm
+        args = build_parser().parse_args(argv)
+        command = f"sink-modifier {args.command}"
+        console.configure(args.verbose)
         return COMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback; writers clean up their temporary files on the way out
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (*USER_ERRORS, RuntimeError) as err:
         cause = _root_cause(err)
         if not isinstance(cause, USER_ERRORS):
             raise
-        print(f"sink-modifier {args.command}: error: {cause}", file=sys.stderr)
+        print(f"{command}: error: {cause}", file=sys.stderr)
         return 2
 
 

@@ -10,8 +10,10 @@ import torch
 from transformers import LlamaForCausalLM
 
 from sink_modifier.diagnostics import TRAJECTORY_TIMESTEPS, SinkDynamicsOptions, analyze_sink_dynamics
+from sink_modifier.diagnostics import NO_SINK, SINK_FLOOR, apply_sink_floor
 from sink_modifier.diagnostics import classify_sink_token, is_punctuation, prefix_lengths
-from sink_modifier.commands.analyze import ANALYSIS_FILE
+from sink_modifier.diagnostics.figures import STEP_AXIS, draw_heatmap, draw_ratio
+from sink_modifier.commands.analyze import ANALYSIS_FILE, format_comparison
 from sink_modifier.commands.analyze import add_parser as add_analyze_parser
 from sink_modifier.commands.analyze import run as run_analyze
 from sink_modifier.diagnostics.trajectory import _masked_position_stability
@@ -75,7 +77,9 @@ def test_per_layer_mass_and_analysis_on_an_sdpa_only_model(sdpa_lm_dir, text_fil
     result = analyze_sink_dynamics(model, load_tokenizer(sdpa_lm_dir), windows_for(sdpa_lm_dir, text_file, 16, 2),
                                    BIDIRECTIONAL, SinkDynamicsOptions(timesteps=(0.0, 1.0), progress=False))
     assert result["kind"] == "diffusion" and result["num_layers"] == model.config.n_layers
-    assert [s["steps"][1]["kind"] for s in result["samples"]] == ["mask", "mask"]
+    # the all-mask canvas: its strongest key is a mask token, but the mass is flat: no sink
+    assert [s["steps"][1]["top"][0]["kind"] for s in result["samples"]] == ["mask", "mask"]
+    assert [s["steps"][1]["kind"] for s in result["samples"]] == [NO_SINK, NO_SINK]
 
 
 # -- token kinds and steps -----------------------------------------------------------------
@@ -124,8 +128,10 @@ def test_masked_position_stability_matches_mask_stability_when_all_steps_are_val
 def test_trajectory_of_a_bidirectional_model(tiny_llama_dir, text_file):
     model, tok = load_model(tiny_llama_dir, "float32"), load_tokenizer(tiny_llama_dir)
     windows = windows_for(tiny_llama_dir, text_file)
+    # sink_floor=1: every step counts as a sink (this random model's mass is flat: max/mean ~1.00x)
     result = analyze_sink_dynamics(model, tok, windows, BIDIRECTIONAL, SinkDynamicsOptions(
-        timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2, progress=False, batch_size=5, store_layer_samples=1))
+        timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2, progress=False, batch_size=5, store_layer_samples=1,
+        sink_floor=1.0))
     json.dumps(result, allow_nan=False)  # strict JSON
     n, k, t = 3, len(TRAJECTORY_TIMESTEPS), 32
     assert result["kind"] == "diffusion" and result["num_windows"] == n and result["seq_len"] == t
@@ -135,15 +141,18 @@ def test_trajectory_of_a_bidirectional_model(tiny_llama_dir, text_file):
     assert result["steps"][0]["mask_rate"] == 0.0 and result["steps"][-1]["mask_rate"] == 1.0
 
     noised, _, _ = noise_windows(windows, TRAJECTORY_TIMESTEPS, MaskTokenProcess(MASK_ID), 3)
+    masses = []
     for s, sample in enumerate(result["samples"]):
         mass = as_tensor(sample["mass"])
         assert mass.shape == (k, t)
         torch.testing.assert_close(mass.mean(-1), torch.full((k,), float(LAYERS * HEADS)), atol=2e-3, rtol=0)
         # the stored mass is the model's global mass of the noised rows of this window
         expected = global_attention_mass(model, noised[s * k:(s + 1) * k])
+        masses.append(expected)
         torch.testing.assert_close(mass, expected, atol=1e-3, rtol=0)
         assert sample["dominant_positions"] == expected.argmax(-1).tolist()
-        assert sample["movement"] == pytest.approx(dominant_sink_movement(expected), abs=1e-4)
+        assert sample["movement"] == pytest.approx({**dominant_sink_movement(expected), "steps": k}, abs=1e-4)
+        assert sample["movement_all_steps"] == sample["movement"]
         for j, step in enumerate(sample["steps"]):
             assert len(step["top"]) == 2 and step["top"][0]["position"] == sample["dominant_positions"][j]
             assert step["top"][0]["ratio"] >= step["top"][1]["ratio"] >= 1.0
@@ -166,10 +175,61 @@ def test_trajectory_of_a_bidirectional_model(tiny_llama_dir, text_file):
     assert len(agg["per_layer"]) == LAYERS
     # deterministic for a seed, whatever the batch size
     again = analyze_sink_dynamics(model, tok, windows, BIDIRECTIONAL, SinkDynamicsOptions(
-        timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2, progress=False, batch_size=7, store_layer_samples=1))
+        timesteps=TRAJECTORY_TIMESTEPS, seed=3, top_k=2, progress=False, batch_size=7, store_layer_samples=1,
+        sink_floor=1.0))
     for a, b in zip(again["samples"], result["samples"]):
         torch.testing.assert_close(as_tensor(a["mass"]), as_tensor(b["mass"]), atol=2e-3, rtol=0)
         assert a["dominant_positions"] == b["dominant_positions"]
+
+    # the default floor: this flat mass has no sink at any step, so nothing moves and nothing is counted
+    flat = apply_sink_floor(result, SINK_FLOOR)
+    json.dumps(flat, allow_nan=False)
+    assert (result["sink_floor"], flat["sink_floor"]) == (1.0, SINK_FLOOR)  # a copy: result is unchanged
+    assert all(step["sink"] for sample in result["samples"] for step in sample["steps"])
+    for sample, before in zip(flat["samples"], result["samples"]):
+        assert all(step["kind"] == NO_SINK and not step["sink"] for step in sample["steps"])
+        assert sample["dominant_positions"] == [None] * k
+        assert sample["movement"] == {"position_std": None, "stay_fraction": None, "distinct_positions": 0, "steps": 0}
+        assert sample["movement_all_steps"] == before["movement_all_steps"]  # the argmax, for comparison
+    agg = flat["aggregate"]
+    assert agg["kinds"] == {**{kind: 0 for kind in agg["kinds"]}, NO_SINK: n * k}
+    assert agg["position0_share"] is None and agg["top_tokens"] == []
+    assert agg["position_std"]["mean"] is None and agg["stay_fraction"]["mean"] is None
+    assert agg["distinct_positions"]["mean"] == 0 and agg["sink_steps"]["mean"] == 0
+    assert [r["sink_share"] for r in agg["ratio_per_step"]] == [0.0] * k
+    assert "n/a" in format_comparison([flat]) and f"{NO_SINK} 100%" in format_comparison([flat])
+
+    # a floor inside this model's range of ratios: only the steps at or above it have a sink
+    ratios = sorted(step["ratio"] for sample in result["samples"] for step in sample["steps"])
+    floor = ratios[len(ratios) // 2]
+    split = apply_sink_floor(result, floor)
+    for sample, mass in zip(split["samples"], masses):
+        sink = torch.tensor([step["ratio"] >= floor for step in sample["steps"]])
+        assert [step["sink"] for step in sample["steps"]] == sink.tolist()
+        assert [step["kind"] == NO_SINK for step in sample["steps"]] == (~sink).tolist()
+        assert sample["dominant_positions"] == [p if ok else None for p, ok in
+                                                zip(mass.argmax(-1).tolist(), sink.tolist())]
+        if sink.sum() > 1:  # counted over the steps with a sink only (stay: consecutive ones)
+            assert sample["movement"] == pytest.approx(
+                {**dominant_sink_movement(mass[sink]), "steps": int(sink.sum())}, abs=1e-4)
+    sinkless = sum(not step["sink"] for sample in split["samples"] for step in sample["steps"])
+    assert 0 < sinkless < n * k and split["aggregate"]["kinds"][NO_SINK] == sinkless
+    # the heatmap circles exactly the steps with a sink and labels the others
+    figure = draw_heatmap(split, "split")
+    try:
+        for ax, sample in zip(figure.axes, split["samples"]):  # one panel per stored window, then the colour bar
+            circled = [tuple(xy) for xy in ax.collections[0].get_offsets().tolist()]
+            assert circled == [(p, j) for j, p in enumerate(sample["dominant_positions"]) if p is not None]
+            ticks = [t.get_text() for t in ax.get_yticklabels()]
+            assert [NO_SINK in t for t in ticks] == [p is None for p in sample["dominant_positions"]]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    with pytest.raises(ValueError, match="sink_floor must be a finite number >= 1"):
+        apply_sink_floor(result, 0.5)
+    with pytest.raises(ValueError, match="sink_floor must be a finite number >= 1"):
+        SinkDynamicsOptions(sink_floor=float("nan"))
 
 
 def test_trajectory_noises_through_the_family_forward_process(tiny_llama_dir, text_file):
@@ -220,10 +280,19 @@ def test_shipped_models_show_the_published_sink_strengths():
     windows = token_windows(load_documents(HELDOUT, max_chars=200_000), tok, 256, 2, seed=0)
     options = dict(progress=False, store_mass_samples=0, store_layer_samples=0)
     dlm = analyze_sink_dynamics(load_model(TINY_DLM, "float32"), tok, windows, BIDIRECTIONAL,
-                                SinkDynamicsOptions(timesteps=(0.0, 0.9), **options))
+                                SinkDynamicsOptions(timesteps=(0.0, 0.9, 1.0), **options))
     ar = analyze_sink_dynamics(load_model(TINY_AR, "float32"), tok, windows, CAUSAL,
                                SinkDynamicsOptions(timesteps=(0.0,), **options))
-    clean, noisy = (r["mean"] for r in dlm["aggregate"]["ratio_per_step"])
+    clean, noisy, all_mask = (r["mean"] for r in dlm["aggregate"]["ratio_per_step"])
+    # the sink floor sits between the all-mask canvas (flat mass, 1.04x) and every step with real tokens
+    for sample in dlm["samples"]:
+        assert [step["sink"] for step in sample["steps"]] == [True, True, False]
+        assert sample["steps"][0]["ratio"] >= SINK_FLOOR > 1.1 > sample["steps"][2]["ratio"]
+        assert sample["steps"][2]["kind"] == NO_SINK and sample["dominant_positions"][2] is None
+        assert sample["movement"]["steps"] == 2 and sample["movement"]["distinct_positions"] <= 2
+    assert dlm["aggregate"]["ratio_per_step"][2]["sink_share"] == 0.0
+    assert f"| 1 (1.00) | {all_mask:.2f} ± 0.00 | {NO_SINK} 100% |" in format_comparison([dlm])
+    assert all(step["sink"] for sample in ar["samples"] for step in sample["steps"])
     # models/README: DLM 2.1x on clean text rising to 5.5x at mask ratio 0.9; AR 4.1x on clean text
     assert 1.5 < clean < 3.0 and noisy > 1.5 * clean
     assert 3.0 < ar["aggregate"]["ratio_per_step"][0]["mean"] < 5.5
@@ -243,8 +312,20 @@ def test_analyze_parser_defaults_and_bad_timesteps(tmp_path):
     args = analyze_args("--model", "m", "--data", "d", "--output", tmp_path)
     assert (args.num_windows, args.seed, args.seq_len, args.compare) == (16, 0, None, None)
     assert args.timesteps == TRAJECTORY_TIMESTEPS and not args.trust_remote_code
+    assert args.sink_floor == SINK_FLOOR
+    assert analyze_args("--model", "m", "--data", "d", "--output", tmp_path, "--sink-floor", "2").sink_floor == 2.0
     with pytest.raises(SystemExit):
         analyze_args("--model", "m", "--data", "d", "--output", tmp_path, "--timesteps", "0.5,2")
+    for bad in ("0.9", "inf", "nan", "high"):
+        with pytest.raises(SystemExit):
+            analyze_args("--model", "m", "--data", "d", "--output", tmp_path, "--sink-floor", bad)
+
+
+def test_analyze_help_documents_the_sink_floor(capsys):
+    with pytest.raises(SystemExit):
+        analyze_args("--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--sink-floor SINK_FLOOR" in text and f"(default {SINK_FLOOR:g}" in text and "no sink" in text
 
 
 def check_png(path):
@@ -276,15 +357,36 @@ def test_run_analyze_with_compare_writes_json_and_figures(tiny_llama_dir, causal
         check_png(out / name)
     printed = capsys.readouterr().out
     assert all(label in printed for label in labels) and "stay fraction" in printed
+    assert all(step["kind"] == NO_SINK for s in dlm["samples"] for step in s["steps"])  # random model: flat mass
+    assert all(step["sink"] for s in ar["samples"] for step in s["steps"])  # causal: the first position collects
+    assert "| n/a | n/a | 0.0 ± 0.0 | 0.0 ± 0.0 of 3 |" in printed  # the DLM row: nothing to move
+
+    # sink_ratio.png: one panel per kind of trajectory, each x-axis naming its own quantity
+    import matplotlib.pyplot as plt
+
+    figure = draw_ratio(report["models"], labels)
+    try:
+        assert [ax.get_xlabel() for ax in figure.axes] == [STEP_AXIS["diffusion"], STEP_AXIS["causal"]]
+        assert "timestep t" in STEP_AXIS["diffusion"] and "prefix fraction L / T" in STEP_AXIS["causal"]
+        assert figure.axes[0].get_ylabel() == "max / mean mass of the step"
+        floors = [line for line in figure.axes[0].get_lines() if list(line.get_ydata()) == [SINK_FLOOR] * 2]
+        assert len(floors) == 1 and "sink floor" in floors[0].get_label()
+    finally:
+        plt.close(figure)
+    figure = draw_ratio(report["models"][:1], labels[:1])
+    assert [ax.get_xlabel() for ax in figure.axes] == [STEP_AXIS["diffusion"]]
+    plt.close(figure)
 
 
 def test_run_analyze_single_model_and_bad_output(tiny_llama_dir, text_file, tmp_path):
     out = tmp_path / "one"
     assert run_analyze(analyze_args("--model", tiny_llama_dir, "--data", text_file, "--output", out,
                                     "--num-windows", 1, "--seq-len", 12, "--timesteps", "0.2,0.8",
-                                    "--no-progress")) == 0
+                                    "--no-progress", "--sink-floor", 1)) == 0
     report = json.loads((out / ANALYSIS_FILE).read_text())
     assert len(report["models"]) == 1 and len(report["models"][0]["steps"]) == 2
+    assert report["models"][0]["sink_floor"] == 1.0  # --sink-floor 1: every step has a sink
+    assert all(step["sink"] and step["kind"] != NO_SINK for step in report["models"][0]["samples"][0]["steps"])
     check_png(out / f"heatmap_{report['labels'][0]}.png")
     check_png(out / "sink_variance.png")
     blocker = tmp_path / "file"

@@ -253,7 +253,7 @@ def test_token_windows_errors():
     tok = CharTokenizer()
     with pytest.raises(ValueError, match="seq_len must be an int >= 2"):
         token_windows(DOCS, tok, 1, 1)
-    with pytest.raises(ValueError, match=r"found only 4 tokens.*smaller seq_len"):
+    with pytest.raises(ValueError, match=r"found only 4 tokens.*--max-chars.*smaller --seq-len"):
         token_windows(["abc"], tok, 8, 1)
     stream_len = len(reference_stream(DOCS, tok.encode, 1))
     with pytest.raises(ValueError, match=rf"only {stream_len // 100} windows"):

@@ -159,6 +159,6 @@ def test_diffusion_gemma_generates_with_its_own_sampler(tmp_path, capsys):
     code = main(["generate", "--model", str(folder), "--prompt", "w5 w6 w7", "--gen-length", "8",
                  "--steps", "8", "--block-length", "8", "--json"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)  # stdout is the one JSON document
     assert len(result["token_ids"]) == 8
     assert result["forward_passes"] == 0  # not LLaDA's mask-token sampler: transformers' block diffusion

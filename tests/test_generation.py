@@ -135,8 +135,39 @@ def test_more_steps_than_tokens_skips_empty_steps(tiny_llama):
     result = generate_with_stats(tiny_llama, _prompt(), mask_token_id=MASK_ID, gen_length=4, steps=8,
                                  block_length=4)
     assert result.forward_passes == 4  # 8 steps for 4 tokens: 1,1,1,1,0,0,0,0
+    assert result.steps == 4  # what the schedule ran, not the 8 asked
     assert not (result.generated == MASK_ID).any()
     assert result.new_tokens == 8 and result.tokens_per_second > 0
+
+
+def test_scheduled_steps_is_at_most_one_token_per_step():
+    from sink_modifier.generation.sampler import scheduled_steps
+
+    assert scheduled_steps(64, 100_000) == 64
+    assert scheduled_steps(64, 64) == 64 and scheduled_steps(64, 32) == 32
+    assert generate_with_stats(None, _prompt(1), mask_token_id=MASK_ID, gen_length=4, steps=2, block_length=4,
+                               logits_fn=lambda ids: torch.zeros(*ids.shape, VOCAB)).steps == 2
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        scheduled_steps(8, 0)
+
+
+def test_cli_generate_warns_when_steps_are_capped(tiny_llama_dir, capfd):
+    import json
+
+    from sink_modifier.cli import main
+
+    argv = ["generate", "--model", str(tiny_llama_dir), "--prompt", "w5 w6 w7", "--gen-length", "8",
+            "--block-length", "4", "--threads", "1", "--json"]
+    assert main([*argv, "--steps", "1000"]) == 0
+    out, err = capfd.readouterr()
+    report = json.loads(out)  # stdout holds only the result
+    assert (report["steps"], report["steps_requested"], report["forward_passes"]) == (8, 1000, 8)
+    warning = [line for line in err.splitlines() if "--steps" in line]
+    assert len(warning) == 1 and "--steps 1000 is more than the 8 tokens to generate" in warning[0]
+    assert "used 8 steps (one token per step" in warning[0]
+    assert main([*argv, "--steps", "4"]) == 0
+    out, err = capfd.readouterr()
+    assert (json.loads(out)["steps"], json.loads(out)["steps_requested"]) == (4, 4) and "--steps" not in err
 
 
 def test_low_confidence_commits_the_most_confident_first():
@@ -264,10 +295,12 @@ def test_cli_generate_prints_text_and_speed(capsys):
 
     code = main(["generate", "--model", str(TINY_DLM), "--prompt", "The river", "--gen-length", "8",
                  "--steps", "8", "--block-length", "8", "--threads", "1"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
     assert code == 0
     assert out.startswith("The river") and len(out.splitlines()[0]) > len("The river")
-    assert "tokens/s" in out and "8 forward passes" in out
+    assert "tokens/s" not in out  # stdout is the text alone
+    assert "tokens/s" in err and "8 forward passes" in err
 
 
 @requires_shared(TINY_DLM)

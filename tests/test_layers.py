@@ -7,7 +7,7 @@ dependency; it only changes when the cost is paid). The order is the one of
 
     data, sparsity_pattern → process → families → sinks → modifiers (and the package root,
     which registers them) → scoring, generation, export, diagnostics, runtime →
-    lm_eval, commands, cli
+    lm_eval, commands, cli, console
 
 Packages of one layer may import each other only where :data:`SAME_LAYER` lists it.
 """
@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"sinks"},
     {"modifiers", ""},  # "": the package root, whose __init__ registers the modifiers
     {"scoring", "generation", "export", "diagnostics", "runtime"},
-    {"lm_eval", "commands", "cli", "__main__"},
+    {"lm_eval", "commands", "cli", "console", "__main__"},  # console: the entry points' logging
 ]
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

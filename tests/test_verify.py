@@ -186,8 +186,9 @@ def test_cli_exit_codes(pruned_dir, tmp_path, capsys):
 
     assert main(["verify", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["verify", str(pruned_dir), "--tolerance", "-1"]) == 2
-    assert "tolerance must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser, before anything is read
+        main(["verify", str(pruned_dir), "--tolerance", "-1"])
+    assert exit_info.value.code == 2 and "--tolerance: expected a number >= 0" in capsys.readouterr().err
 
 
 def test_quantized_checkpoint_verifies_and_reloads_with_the_in_memory_logits(quantized):

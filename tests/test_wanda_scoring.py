@@ -10,7 +10,7 @@ from llmcompressor.modifiers.pruning.wanda.wanda_sparsify import (
     sparsify_weight,
 )
 
-from sink_modifier.modifiers.wanda_scoring import accumulate_statistic, column_scale, prune_mask
+from sink_modifier.modifiers.wanda_scoring import accumulate_statistic, column_scale, count_over_target, prune_mask
 
 
 def _batches(seed=0):
@@ -67,7 +67,7 @@ def test_unit_weights_reproduce_llmcompressor_row_scalars():
     for x in xs:
         ref, ref_n = accumulate_row_scalars(x, linear, ref, ref_n)
         ours, n = accumulate_statistic("rms", ours, n, x, None)
-    torch.testing.assert_close(ours, ref)
+    assert torch.equal(ours, ref)  # bit for bit: same operations in the same order
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.7, 0.9])
@@ -110,3 +110,47 @@ def test_masks_match_llmcompressor_wanda(prune_n, prune_m):
     upstream = sparsify_weight(linear, {linear: scalars.clone()}, 0.5, prune_n, prune_m)
     ours = prune_mask(linear.weight.data, scalars.sqrt(), 0.5, prune_n, prune_m)
     assert torch.equal(ours, upstream == 0)
+
+
+def _with_zeros(rows: int, cols: int, zeros_per_row: list[int], seed: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=g)
+    for row, count in enumerate(zeros_per_row):
+        weight[row, torch.randperm(cols, generator=g)[:count]] = 0
+    return weight
+
+
+def test_preserved_zeros_fill_each_rows_quota_first():
+    weight = _with_zeros(4, 20, [3, 0, 10, 15])
+    scale = torch.rand(20, generator=torch.Generator().manual_seed(6)) + 0.1
+    scale[0] = 0.0  # a column scoring 0 everywhere: ties with the zeros, which must still win
+    mask = prune_mask(weight, scale, 0.5, preserve_zeros=True)
+    zeros = weight == 0
+    assert torch.all(mask[zeros])  # every earlier zero stays pruned
+    assert mask.sum(dim=1).tolist() == [10, 10, 10, 15]  # quota 10 per row; row 3 keeps its 15 zeros
+    assert count_over_target(weight, 0.5) == 1
+    # the rest of the quota goes to the lowest scores among the non-zero weights
+    score = weight.abs() * scale
+    for row in range(3):
+        extra = mask[row] & ~zeros[row]
+        if extra.any():
+            assert score[row][extra].max() <= score[row][~mask[row]].min()
+
+
+def test_preserved_zeros_count_towards_each_n_m_group():
+    weight = torch.randn(3, 16, generator=torch.Generator().manual_seed(7))
+    weight[0, 0] = 0  # one zero in a group: one more is pruned
+    weight[1, 4:7] = 0  # three zeros in a 2:4 group: all kept
+    mask = prune_mask(weight, torch.ones(16), 0.5, 2, 4, preserve_zeros=True)
+    groups = mask.reshape(3, 4, 4).sum(-1)
+    assert bool(mask[0, 0]) and groups[0, 0] == 2
+    assert torch.all(mask[1, 4:7]) and groups[1, 1] == 3
+    assert int((groups == 2).sum()) == 11
+    assert count_over_target(weight, 0.5, 2, 4) == 1
+
+
+def test_without_preserve_the_mask_is_upstreams_choice():
+    weight = _with_zeros(4, 20, [3, 0, 10, 15])
+    scale = torch.rand(20, generator=torch.Generator().manual_seed(6))
+    mask = prune_mask(weight, scale, 0.5)
+    assert torch.all(mask.sum(dim=1) == 10)  # exactly the quota, even where a row had more zeros

@@ -1,7 +1,9 @@
 """``sink-modifier analyze``: measure how attention sinks move, write ``analysis.json`` and PNGs.
 
-Heavy imports (models, matplotlib) happen inside :func:`run`, so building the parser stays
-cheap.
+Steps whose max/mean attention mass is below ``--sink-floor`` (default
+:data:`sink_modifier.diagnostics.trajectory.SINK_FLOOR`) are "no sink": not circled, not
+counted in the movement statistics. Heavy imports (models, matplotlib) happen inside
+:func:`run`, so building the parser stays cheap.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from typing import Sequence
 
 from sink_modifier.commands.arguments import (
     add_model_loading_arguments,
+    finite_float,
     positive_int,
     timesteps,
 )
+from sink_modifier.console import show_progress
 
 __all__ = [
     "ANALYSIS_FILE",
@@ -29,9 +33,20 @@ __all__ = [
 ANALYSIS_FILE = "analysis.json"
 
 
+def sink_floor(text: str) -> float:
+    """``--sink-floor``: a max/mean mass ratio, a finite number >= 1."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from err
+    if not 1.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1 (a max/mean ratio), got {text}")
+    return value
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``analyze`` subcommand to an ``add_subparsers()`` object; returns its parser."""
-    from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS
+    from sink_modifier.diagnostics.trajectory import SINK_FLOOR, TRAJECTORY_TIMESTEPS
 
     default_steps = ",".join(f"{t:g}" for t in TRAJECTORY_TIMESTEPS)
     parser = subparsers.add_parser(
@@ -52,8 +67,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"comma-separated timesteps in [0, 1], one step each (default {default_steps}); "
                         "a causal model gets as many prefixes")
     parser.add_argument("--top-k", type=positive_int, default=3, help="strongest keys recorded per step (default 3)")
-    parser.add_argument("--sink-std", type=float, default=2.0, help="k of the sink threshold mean + k*std (default 2.0)")
-    parser.add_argument("--sink-alpha", type=float, default=5.0, help="slope of the soft sink mask (default 5.0)")
+    parser.add_argument("--sink-std", type=finite_float, default=2.0,
+                        help="k of the sink threshold mean + k*std (default 2.0)")
+    parser.add_argument("--sink-alpha", type=finite_float, default=5.0,
+                        help="slope of the soft sink mask (default 5.0)")
+    parser.add_argument("--sink-floor", type=sink_floor, default=SINK_FLOOR,
+                        help=f"a step whose strongest key gets less than this many times the step's mean attention "
+                        f"mass has no sink: labelled 'no sink', not circled, not counted in the movement statistics "
+                        f"(default {SINK_FLOOR:g}: between the all-mask canvas, 1.04 on tiny-dlm, and the weakest "
+                        f"real-token step, 1.51; 1 counts every step)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per forward (default 16)")
     parser.add_argument("--max-chars", type=positive_int, default=None, help="read at most this many characters of --data")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -76,6 +98,7 @@ def analyze_models(
     top_k: int = 3,
     sink_std: float = 2.0,
     sink_alpha: float = 5.0,
+    sink_floor: float | None = None,
     batch_size: int = 16,
     max_chars: int | None = None,
     dtype: str = "float32",
@@ -84,6 +107,7 @@ def analyze_models(
     progress: bool = True,
     trust_remote_code: bool = False,
     families: Sequence[str | None] | None = None,
+    mask_token_id: int | None = None,
 ) -> list[dict]:
     """Analyse each model on ``num_windows`` windows of ``data``, one model in memory at a time.
 
@@ -91,36 +115,49 @@ def analyze_models(
     them, else 2048), ``seed`` and documents; windows are cut with each model's own
     tokenizer, so models sharing a tokenizer see identical tokens (compare their
     ``windows_digest``). ``families`` names each model's family (``None``: detected), as ``--family``.
+    ``sink_floor`` (``None``: ``SINK_FLOOR``) is ``--sink-floor``. ``mask_token_id``
+    (``--mask-token-id``) is the first model's. Every model folder, the text, the tokenizers and
+    the windows are checked before any weights are read (:mod:`sink_modifier.commands.preflight`).
     """
     import torch
-    from transformers import AutoConfig
 
-    from sink_modifier.diagnostics.trajectory import TRAJECTORY_TIMESTEPS, SinkDynamicsOptions, analyze_sink_dynamics
+    from sink_modifier.commands.preflight import check_model
+    from sink_modifier.diagnostics.trajectory import (
+        SINK_FLOOR,
+        TRAJECTORY_TIMESTEPS,
+        SinkDynamicsOptions,
+        analyze_sink_dynamics,
+    )
     from sink_modifier.data import check_seq_len, load_documents, max_sequence_length, token_windows
-    from sink_modifier.families import load_pretrained, open_model_folder
 
     timesteps = tuple(TRAJECTORY_TIMESTEPS if timesteps is None else timesteps)
     options = SinkDynamicsOptions(
         timesteps=timesteps, seed=seed, sink_std=sink_std, sink_alpha=sink_alpha, top_k=top_k,
         batch_size=batch_size, progress=progress, store_mass_samples=store_mass_samples,
-        store_layer_samples=store_layer_samples,
+        store_layer_samples=store_layer_samples, sink_floor=SINK_FLOOR if sink_floor is None else sink_floor,
     )
     families = list(families) if families is not None else [None] * len(model_paths)
     if len(families) != len(model_paths):
         raise ValueError(f"families names {len(families)} families for {len(model_paths)} models")
-    sources = [open_model_folder(path, family) for path, family in zip(model_paths, families)]
-    configs = [AutoConfig.from_pretrained(source.folder, trust_remote_code=trust_remote_code) for source in sources]
+    checked = [check_model(path, family=family, trust_remote_code=trust_remote_code,
+                           mask_token_id=mask_token_id if i == 0 else None)
+               for i, (path, family) in enumerate(zip(model_paths, families))]
+    configs = [model.config for model in checked]
     if seq_len is None:
         limits = [limit for limit in (max_sequence_length(c) for c in configs) if limit]
         seq_len = min(limits) if limits else 2048
     for config in configs:
         check_seq_len(seq_len, config)
     documents = load_documents(data, max_chars=max_chars)
+    all_windows = [  # each model's tokenizer: the short-text check comes before any weights are read
+        token_windows(documents, model.check_tokenizer(needs_mask_token=model.family.diffusion), seq_len,
+                      num_windows, seed=seed)
+        for model in checked
+    ]
     analyses = []
-    for path, source in zip(model_paths, sources):
-        loaded = load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    for path, checked_model, windows in zip(model_paths, checked, all_windows):
+        loaded = checked_model.load(dtype=dtype)
         model, tokenizer = loaded.model, loaded.tokenizer
-        windows = token_windows(documents, tokenizer, seq_len, num_windows, seed=seed)
         analysis = analyze_sink_dynamics(model, tokenizer, windows, loaded.family, options, model_name=str(path))
         analysis["data"] = str(data)
         analyses.append(analysis)
@@ -132,7 +169,20 @@ def analyze_models(
 
 # -- tables ----------------------------------------------------------------------------
 def _pm(stats: dict, digits: int = 2) -> str:
+    """``mean ± std``, or ``n/a`` when no window had a value (e.g. no step with a sink)."""
+    if stats["mean"] is None:
+        return "n/a"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _median_range(stats: dict) -> str:
+    if stats["median"] is None:
+        return "n/a"
+    return f"{stats['median']:.1f} [{stats['min']:.1f}, {stats['max']:.1f}]"
 
 
 def _top_kinds(analysis: dict, n: int = 3) -> str:
@@ -143,22 +193,23 @@ def _top_kinds(analysis: dict, n: int = 3) -> str:
 
 
 def format_summary(analyses: Sequence[dict], labels: Sequence[str] | None = None) -> str:
-    """One markdown row per model: sink movement, stay fraction, top kinds, ratio first -> last step."""
+    """One markdown row per model: sink movement (steps with a sink), steps with a sink, top kinds, ratio first -> last."""
     if labels is None:
         from sink_modifier.diagnostics.figures import model_labels
 
         labels = model_labels(analyses)
     lines = [
         "| model | kind | dominant-sink position std (tokens) | stay fraction | distinct positions | "
-        "max/mean first → last step | top sink kinds |",
-        "|---|---|---|---|---|---|---|",
+        "steps with a sink | max/mean first → last step | top sink kinds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, a in zip(labels, analyses):
         agg = a["aggregate"]
         ratios = agg["ratio_per_step"]
         lines.append(
             f"| {label} | {a['kind']} | {_pm(agg['position_std'], 1)} | {_pm(agg['stay_fraction'])} | "
-            f"{_pm(agg['distinct_positions'], 1)} | {ratios[0]['mean']:.2f} → {ratios[-1]['mean']:.2f} | "
+            f"{_pm(agg['distinct_positions'], 1)} | {_pm(agg['sink_steps'], 1)} of {len(a['steps'])} | "
+            f"{ratios[0]['mean']:.2f} → {ratios[-1]['mean']:.2f} | "
             f"{_top_kinds(a)} |"
         )
     return "\n".join(lines)
@@ -177,22 +228,20 @@ def format_comparison(analyses: Sequence[dict], labels: Sequence[str] | None = N
         "|---|" + "---|" * len(analyses),
         "| windows × tokens, steps | " + " | ".join(
             f"{a['num_windows']} × {a['seq_len']}, {len(a['steps'])}" for a in analyses) + " |",
-        "| position std, median [min, max] | " + " | ".join(
-            f"{a['aggregate']['position_std']['median']:.1f} [{a['aggregate']['position_std']['min']:.1f}, "
-            f"{a['aggregate']['position_std']['max']:.1f}]" for a in analyses) + " |",
-        f"| position std without sinkless steps (max/mean < {analyses[0]['aggregate']['sinkless_ratio']:g}) | " + " | ".join(
-            (_pm(a["aggregate"]["movement_with_sink"]["position_std"], 1)
-             + f" over {a['aggregate']['movement_with_sink']['steps']['mean']:.1f} steps")
-            if a["aggregate"]["movement_with_sink"]["position_std"]["mean"] is not None else "n/a"
-            for a in analyses) + " |",
-        "| stay fraction without sinkless steps | " + " | ".join(
-            _pm(a["aggregate"]["movement_with_sink"]["stay_fraction"])
-            if a["aggregate"]["movement_with_sink"]["stay_fraction"]["mean"] is not None else "n/a"
-            for a in analyses) + " |",
+        "| position std, median [min, max] | " + " | ".join(_median_range(a["aggregate"]["position_std"])
+                                                           for a in analyses) + " |",
+        "| sink floor: a step with max/mean below it has no sink | " + " | ".join(
+            f"{a['sink_floor']:g}" for a in analyses) + " |",
+        "| steps with a sink per window | " + " | ".join(
+            f"{_pm(a['aggregate']['sink_steps'], 1)} of {len(a['steps'])}" for a in analyses) + " |",
+        "| counting every step's strongest key (no floor): position std / stay fraction / distinct positions | "
+        + " | ".join(" / ".join(_pm(a["aggregate"]["movement_all_steps"][key], digits) for key, digits in
+                                (("position_std", 1), ("stay_fraction", 2), ("distinct_positions", 1)))
+                     for a in analyses) + " |",
         "| (uniform random position) | " + " | ".join(
             f"{a['aggregate']['uniform_position_std']:.1f}" for a in analyses) + " |",
         "| dominant sink at position 0 | " + " | ".join(
-            f"{a['aggregate']['position0_share']:.0%}" for a in analyses) + " |",
+            _share(a["aggregate"]["position0_share"]) for a in analyses) + " |",
         "| sink positions per window (soft mask > 0.5 at some step) | " + " | ".join(
             _pm(a["aggregate"]["stability"]["sink_positions"], 1) for a in analyses) + " |",
         "| stable / unstable sink positions per window | " + " | ".join(
@@ -237,16 +286,20 @@ def run(args: argparse.Namespace) -> int:
     from sink_modifier.diagnostics.figures import model_labels, write_figures
     from sink_modifier.export.atomic import write_json_atomically
 
+    from sink_modifier.export.output_path import check_writable
+
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output} exists and is not a folder; pass a folder path")
+    check_writable(output, output)
     paths = [args.model] + ([args.compare] if args.compare else [])
     families = [args.family] + ([args.compare_family] if args.compare else [])
     analyses = analyze_models(
         paths, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
         timesteps=args.timesteps, top_k=args.top_k, sink_std=args.sink_std, sink_alpha=args.sink_alpha,
-        batch_size=args.batch_size, max_chars=args.max_chars, dtype=args.dtype,
-        progress=not args.no_progress, trust_remote_code=args.trust_remote_code, families=families,
+        sink_floor=args.sink_floor, batch_size=args.batch_size, max_chars=args.max_chars, dtype=args.dtype,
+        progress=not args.no_progress and show_progress(), trust_remote_code=args.trust_remote_code, families=families,
+        mask_token_id=args.mask_token_id,
     )
     output.mkdir(parents=True, exist_ok=True)
     labels = model_labels(analyses)

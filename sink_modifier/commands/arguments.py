@@ -7,12 +7,19 @@ choices come from :mod:`sink_modifier.families` (torch, but no llm-compressor an
 from __future__ import annotations
 
 import argparse
+import math
 
 __all__ = [
     "add_dtype_argument",
     "add_family_argument",
+    "add_mask_token_argument",
+    "add_max_chars_argument",
+    "add_model_loading_arguments",
     "add_trust_remote_code_argument",
+    "finite_float",
     "non_negative_float",
+    "non_negative_int",
+    "positive_float",
     "positive_int",
     "timesteps",
 ]
@@ -27,13 +34,38 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A float that is a number: ``nan``/``inf`` (which ``float()`` accepts) are refused."""
     try:
         value = float(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from err
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 
@@ -66,8 +98,22 @@ def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
 
 
+def add_mask_token_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask-token-id", type=non_negative_int, default=None, metavar="N",
+                        help="mask token of a diffusion model whose tokenizer and config.json name none "
+                        "(or to override theirs); `prune` records it in the written config.json")
+
+
+def add_max_chars_argument(parser: argparse.ArgumentParser, default: int | None) -> None:
+    shown = "all of it" if default is None else f"{default:,}"
+    parser.add_argument("--max-chars", type=positive_int, default=default, metavar="N",
+                        help=f"read at most this many characters of --data (default {shown})")
+
+
 def add_model_loading_arguments(parser: argparse.ArgumentParser, dtype_default: str, dtype_help: str | None = None) -> None:
-    """``--dtype``, ``--trust-remote-code`` and ``--family``: how every model-reading command loads its model."""
+    """``--dtype``, ``--trust-remote-code``, ``--family`` and ``--mask-token-id``: how every
+    model-reading command loads its model."""
     add_dtype_argument(parser, dtype_default, dtype_help)
     add_trust_remote_code_argument(parser)
     add_family_argument(parser)
+    add_mask_token_argument(parser)

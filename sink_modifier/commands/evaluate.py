@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sink_modifier.commands.arguments import (
+    add_max_chars_argument,
     add_model_loading_arguments,
     positive_int,
 )
+from sink_modifier.console import show_progress
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--mc-samples", type=positive_int, default=8, help="Monte-Carlo rows per window for the NELBO")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_max_chars_argument(parser, None)
     add_model_loading_arguments(parser, "float32")
     return parser
 
@@ -42,8 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.model, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
-        mc_samples=args.mc_samples, batch_size=args.batch_size, dtype=args.dtype,
-        progress=not args.json, trust_remote_code=args.trust_remote_code, family=args.family,
+        mc_samples=args.mc_samples, batch_size=args.batch_size, dtype=args.dtype, max_chars=args.max_chars,
+        mask_token_id=args.mask_token_id,
+        progress=show_progress(), trust_remote_code=args.trust_remote_code, family=args.family,
     )
     if args.json:
         print(json.dumps(result))
@@ -69,16 +73,23 @@ def evaluate_checkpoint(
     progress: bool = True,
     trust_remote_code: bool = False,
     family: str | None = None,
+    mask_token_id: int | None = None,
 ) -> dict:
     """Load ``model_path``, cut ``num_windows`` windows of ``data`` with its tokenizer, and
-    :func:`evaluate_loaded` it."""
-    from sink_modifier.data import load_documents, max_sequence_length, token_windows
-    from sink_modifier.families import load_pretrained
+    :func:`evaluate_loaded` it.
 
-    loaded = load_pretrained(model_path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
-    seq_len = seq_len or max_sequence_length(loaded.model.config) or 2048
-    windows = token_windows(load_documents(data, max_chars=max_chars), loaded.tokenizer, seq_len, num_windows,
-                            seed=seed)
+    Model folder, text, tokenizer (and mask token: ``mask_token_id`` is ``--mask-token-id``) and
+    windows are checked before the weights are read (:mod:`sink_modifier.commands.preflight`).
+    """
+    from sink_modifier.commands.preflight import check_model
+    from sink_modifier.data import load_documents, token_windows
+
+    model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
+    seq_len = model.seq_len(seq_len)
+    documents = load_documents(data, max_chars=max_chars)
+    tokenizer = model.check_tokenizer(needs_mask_token=model.family.diffusion)
+    windows = token_windows(documents, tokenizer, seq_len, num_windows, seed=seed)
+    loaded = model.load(dtype=dtype)
     result = evaluate_loaded(loaded, windows, seed=seed, mc_samples=mc_samples, batch_size=batch_size,
                              progress=progress)
     return {"model": str(model_path), "data": str(data), **result}

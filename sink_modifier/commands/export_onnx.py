@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sink_modifier.commands.arguments import add_model_loading_arguments
+from sink_modifier.commands.arguments import add_model_loading_arguments, non_negative_float
 
 __all__ = ["add_parser", "run"]
 
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model folder (from_pretrained path)")
     parser.add_argument("--output", required=True, help="folder, or a file ending in .onnx")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--atol", type=float, default=1e-3,
+    parser.add_argument("--atol", type=non_negative_float, default=1e-3,
                         help="largest ORT-vs-PyTorch logit difference accepted (default 1e-3)")
     parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's graph optimizer (faster export)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
@@ -36,14 +36,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sink_modifier.commands.preflight import check_model
     from sink_modifier.export.atomic import check_output_dir, check_output_file
     from sink_modifier.export.onnx_export import export_onnx, load_for_export
+    from sink_modifier.families.mask_choice import set_mask_token_id
 
-    # refuse a taken output before the (slow) load; export_onnx checks again only after it
+    # refuse a taken or unwritable output and a broken model folder before the (slow) load;
+    # export_onnx checks the output again only after it
     check = check_output_file if Path(args.output).suffix == ".onnx" else check_output_dir
     check(args.output, args.overwrite)
-    loaded = load_for_export(args.model, family=args.family, dtype=args.dtype,
-                             trust_remote_code=args.trust_remote_code)
+    model = check_model(args.model, family=args.family, trust_remote_code=args.trust_remote_code,
+                        mask_token_id=args.mask_token_id)
+    tokenizer = model.check_tokenizer(needs_mask_token=False)
+    loaded = load_for_export(model.source, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    if args.mask_token_id is not None:  # recorded in the export's config.json and onnx_export.json
+        set_mask_token_id(loaded.family, tokenizer, loaded.model.config, args.mask_token_id)
+        loaded.tokenizer = tokenizer
     result = export_onnx(loaded, args.output, opset=args.opset, atol=args.atol, check=not args.no_check,
                          optimize=not args.no_optimize, overwrite=args.overwrite)
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="model folder, or a folder written by `sink-modifier export-onnx` with --onnx")
     parser.add_argument("--prompt", required=True, help="prompt text")
     parser.add_argument("--gen-length", type=positive_int, default=64, help="tokens to generate (default 64)")
-    parser.add_argument("--steps", type=positive_int, default=64, help="denoising steps in total (default 64)")
+    parser.add_argument("--steps", type=positive_int, default=64,
+                        help="denoising steps in total (default 64); at most --gen-length run, one token per step "
+                        "(more is capped, with a warning)")
     parser.add_argument("--block-length", type=positive_int, default=32,
                         help="semi-autoregressive block size; divides --gen-length (default 32)")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
@@ -65,9 +68,12 @@ class GenerationModel:
 
 def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool = False,
                         trust_remote_code: bool = False, threads: int | None = None,
-                        family: str | None = None) -> GenerationModel:
-    """Load a model folder (or an ONNX export folder) with its tokenizer and mask id."""
-    from sink_modifier.families import load_pretrained, load_tokenizer
+                        family: str | None = None, mask_token_id: int | None = None) -> GenerationModel:
+    """Load a model folder (or an ONNX export folder) with its tokenizer and mask id
+    (``mask_token_id``: ``--mask-token-id``, else the model's own); a model folder is checked
+    before its weights are read (:mod:`sink_modifier.commands.preflight`)."""
+    from sink_modifier.commands.preflight import check_model
+    from sink_modifier.families import load_tokenizer
     from sink_modifier.process import resolve_mask_token_id
 
     if onnx:
@@ -75,14 +81,17 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
         from sink_modifier.generation.onnx_runtime import OnnxDenoiser
 
         denoiser = OnnxDenoiser(path, intra_op_threads=threads)
-        mask_id = denoiser.mask_token_id if denoiser.mask_token_id is not None else resolve_mask_token_id(tokenizer)
+        mask_id = (mask_token_id if mask_token_id is not None else denoiser.mask_token_id
+                   if denoiser.mask_token_id is not None else resolve_mask_token_id(tokenizer))
         return GenerationModel(denoiser, tokenizer, mask_id, logits_fn=denoiser)
-    loaded = load_pretrained(path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
-    if not loaded.family.diffusion:
+    checked = check_model(path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
+    if not checked.family.diffusion:
         raise ValueError(
-            f"{path} is a {loaded.family.name} (autoregressive) model; denoising generation needs a diffusion LM "
+            f"{path} is a {checked.family.name} (autoregressive) model; denoising generation needs a diffusion LM "
             "(pass --family if detection is wrong)"
         )
+    checked.check_tokenizer(needs_mask_token=True)
+    loaded = checked.load(dtype=dtype)
     model, chosen = loaded.model, loaded.family
     return GenerationModel(model, loaded.tokenizer, loaded.mask_token_id,
                            logits_fn=lambda ids: chosen.logits(model, ids), logit_shift=chosen.logit_shift,
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     loaded = load_for_generation(args.model, dtype=args.dtype, onnx=args.onnx,
                                  trust_remote_code=args.trust_remote_code, threads=args.threads,
-                                 family=args.family)
+                                 family=args.family, mask_token_id=args.mask_token_id)
     prompt_ids = loaded.tokenizer(args.prompt, return_tensors="pt").input_ids
     if prompt_ids.shape[1] == 0:
         raise ValueError("the prompt is empty after tokenization; pass some text with --prompt")
@@ -120,7 +129,18 @@ def run(args: argparse.Namespace) -> int:
         eos_token_id=loaded.eos_token_id, generator=torch.Generator().manual_seed(args.seed),
         logits_fn=loaded.logits_fn,
     )
+    _warn_if_steps_capped(args, result)
     return _report(args, loaded, result)
+
+
+def _warn_if_steps_capped(args: argparse.Namespace, result) -> None:
+    """Say on stderr when the sampler ran fewer steps than --steps asked (see ``scheduled_steps``)."""
+    if result.steps is None or result.steps >= args.steps:
+        return
+    # a plain stderr line like cli.main's errors: shown whatever the log level, never on stdout
+    print(f"sink-modifier generate: warning: --steps {args.steps} is more than the {args.gen_length} tokens to "
+          f"generate (--gen-length); used {result.steps} steps (one token per step: a step commits at least one "
+          "token)", file=sys.stderr)
 
 
 def native_result(loaded: GenerationModel, prompt_ids, gen_length: int):
@@ -142,12 +162,15 @@ def _report(args, loaded: GenerationModel, result) -> int:
     if args.json:
         print(json.dumps({
             "prompt": args.prompt, "completion": completion, "token_ids": result.generated[0].tolist(),
-            "gen_length": args.gen_length, "steps": args.steps, "forward_passes": result.forward_passes,
+            # steps: what the schedule ran (None: the family's own sampler); steps_requested: --steps
+            "gen_length": args.gen_length, "steps": result.steps, "steps_requested": args.steps,
+            "forward_passes": result.forward_passes,
             "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
         }))
     else:
         print(args.prompt + completion)
+        # The text is the result (stdout); the speed is a report about the run (stderr).
         print(f"-- {result.new_tokens} tokens in {result.seconds:.2f} s: {result.tokens_per_second:.1f} tokens/s "
               + (f"({result.forward_passes} forward passes{', ONNX Runtime' if args.onnx else ''})"
-                 if loaded.native is None else "(the family's own sampler)"))
+                 if loaded.native is None else "(the family's own sampler)"), file=sys.stderr)
     return 0

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sink_modifier.commands.arguments import (
+    add_max_chars_argument,
     add_model_loading_arguments,
     positive_int,
     timesteps,
 )
 
 if TYPE_CHECKING:
+    from sink_modifier.commands.recipe_check import CheckedRecipe
     from sink_modifier.families import LoadedModel, ModelFamily
 
 __all__ = ["PruneResult", "add_parser", "package_versions", "prune_checkpoint", "prune_model", "run"]
@@ -60,6 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential",
                         help="llm-compressor calibration pipeline (basic = paper's one-shot statistics)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_max_chars_argument(parser, DEFAULT_MAX_CHARS)
     add_model_loading_arguments(parser, "auto", "weights dtype while pruning")
     return parser
 
@@ -68,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     result = prune_checkpoint(
         args.model, args.recipe, args.data, args.output,
         num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, timesteps=args.timesteps,
-        batch_size=args.batch_size, dtype=args.dtype, pipeline=args.pipeline,
+        batch_size=args.batch_size, dtype=args.dtype, pipeline=args.pipeline, max_chars=args.max_chars,
         overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, family=args.family,
+        mask_token_id=args.mask_token_id,
     )
     sparsity = result.metadata["sparsity"]
     print(f"wrote {result.output_dir}: {sparsity['num_layers']} layers, overall sparsity {sparsity['overall']:.4f}")
@@ -99,13 +103,6 @@ def _modifier_settings() -> list[dict]:
                                                            "initialized_", "finalized_", "started_", "ended_"})}
         for m in modifiers
     ]
-
-
-def _recipe_modifiers(recipe_path: Path) -> list:
-    import sink_modifier  # noqa: F401  (registers our modifiers for the YAML recipe)
-    from llmcompressor.recipe import Recipe
-
-    return list(Recipe.create_instance(str(recipe_path)).modifiers)
 
 
 def _attach_family(modifiers: list, family: ModelFamily, calibration) -> None:
@@ -148,12 +145,17 @@ def prune_checkpoint(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     family: str | None = None,
+    mask_token_id: int | None = None,
 ) -> PruneResult:
     """Load ``model_path``, build its calibration set from ``data``, and :func:`prune_model` it.
 
     ``family`` overrides the family detected from ``config.json`` (see ``sink-modifier families``).
     Timesteps default to the LLaDA grid for a diffusion family and ``(0.0,)`` (clean rows) for a
-    causal one.
+    causal one. ``mask_token_id`` (``--mask-token-id``) names the mask token of a model whose
+    tokenizer and config name none; the written ``config.json`` records it.
+
+    Every input is checked before the weights are read (:mod:`sink_modifier.commands.preflight`):
+    output path, recipe, model folder, text, tokenizer and mask token, then the windows.
     """
     import torch
 
@@ -161,19 +163,18 @@ def prune_checkpoint(
     # oneshot user: loading then sees the same library state as the recipe run.
     import sink_modifier  # noqa: F401
     import llmcompressor  # noqa: F401
-    from sink_modifier.data import max_sequence_length
+    from loguru import logger
+
+    from sink_modifier.commands.preflight import check_model
+    from sink_modifier.commands.recipe_check import check_recipe
+    from sink_modifier.data import load_documents, token_windows
     from sink_modifier.export import check_output_dir
-    from sink_modifier.families import load_pretrained
     from sink_modifier.process import LLADA_TIMESTEPS
 
     check_output_dir(output_dir, overwrite)
-    recipe_path = Path(recipe)
-    if not recipe_path.is_file():
-        raise FileNotFoundError(f"recipe {recipe_path} not found")
-    torch.manual_seed(seed)
-
-    loaded = load_pretrained(model_path, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
-    chosen = loaded.family
+    checked_recipe = check_recipe(recipe)
+    model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
+    chosen = model.family
     timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if chosen.diffusion else (0.0,))
     if not chosen.diffusion and any(t != 0 for t in timesteps):
         raise ValueError(
@@ -181,13 +182,21 @@ def prune_checkpoint(
             f"nothing to noise at timesteps {timesteps}; leave out --timesteps (or pass --timesteps 0), or "
             "name a diffusion family with --family"
         )
-    seq_len = seq_len or max_sequence_length(loaded.model.config) or 2048
+    seq_len = model.seq_len(seq_len)
+    # Text is read and decoded once, here; the windows go to the calibration builder as they are.
+    documents = None if isinstance(data, torch.Tensor) else load_documents(data, max_chars=max_chars)
+    tokenizer = model.check_tokenizer(needs_mask_token=chosen.diffusion)
+    windows = data if documents is None else token_windows(documents, tokenizer, seq_len, num_samples, seed=seed)
+    torch.manual_seed(seed)
+
+    logger.info(f"Loading {model_path}")
+    loaded = model.load(dtype=dtype)
     calibration = chosen.build_calibration(
-        data, loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=num_samples,
+        windows, loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=num_samples,
         timesteps=timesteps, seed=seed, max_chars=max_chars,
     )
     return prune_model(
-        loaded, recipe_path, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
+        loaded, checked_recipe, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
         overwrite=overwrite, trust_remote_code=trust_remote_code, seed=seed,
         provenance={"source_model": str(model_path), "data": str(data)},
     )
@@ -195,7 +204,7 @@ def prune_checkpoint(
 
 def prune_model(
     loaded: LoadedModel,
-    recipe: str | Path,
+    recipe: str | Path | CheckedRecipe,
     calibration,
     output_dir: str | Path,
     *,
@@ -210,23 +219,26 @@ def prune_model(
 
     ``batch_size`` defaults to 1 row, or to one window's noised copies (``len(timesteps)``)
     when a modifier's ``sink_policy`` compares timesteps; results do not depend on it otherwise.
-    ``provenance`` (``source_model``, ``data``) goes into ``sink_modifier.json``.
+    ``provenance`` (``source_model``, ``data``) goes into ``sink_modifier.json``. ``recipe`` is a
+    YAML file (checked by :func:`~sink_modifier.commands.recipe_check.check_recipe`) or what that
+    check returned.
     """
     from llmcompressor import oneshot
     from loguru import logger
 
+    from sink_modifier.commands.recipe_check import CheckedRecipe, check_recipe
     from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
     from sink_modifier.families import load_pretrained
 
     check_output_dir(output_dir, overwrite)
-    recipe_path = Path(recipe)
+    checked_recipe = recipe if isinstance(recipe, CheckedRecipe) else check_recipe(recipe)
     model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
     provenance = {"source_model": str(loaded.folder), "data": None, **(provenance or {})}
     timesteps = tuple(calibration.timesteps)
     if chosen.pipeline is not None and pipeline != chosen.pipeline:
         logger.info(f"{chosen.name} models calibrate with the {chosen.pipeline!r} pipeline (asked: {pipeline!r})")
         pipeline = chosen.pipeline
-    modifiers = _recipe_modifiers(recipe_path)
+    modifiers = checked_recipe.modifiers
     ignored = _add_family_ignores(modifiers, chosen, model)
     _attach_family(modifiers, chosen, calibration)
     if batch_size is None:
@@ -253,7 +265,7 @@ def prune_model(
     metadata = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_model": provenance["source_model"],
-        "recipe": recipe_path.read_text(),
+        "recipe": checked_recipe.text,
         "modifiers": _modifier_settings(),
         "sparsity": None,  # measured from the checkpoint as written, below
         "family": chosen.name,
@@ -274,6 +286,7 @@ def prune_model(
         reloaded = load_pretrained(folder, family=chosen, trust_remote_code=trust_remote_code)
         metadata["sparsity"] = sparsity_report(reloaded.model)
 
+    logger.info(f"Saving {output_dir}")
     output = write_atomically(output_dir, write, metadata=metadata, overwrite=overwrite)
     logger.info(f"Wrote {output} (overall sparsity {metadata['sparsity']['overall']:.2%})")
     return PruneResult(model=model, output_dir=output, metadata=metadata)

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from sink_modifier.commands.arguments import add_family_argument, add_trust_remote_code_argument
+from sink_modifier.commands.arguments import add_family_argument, add_trust_remote_code_argument, non_negative_float
 
 __all__ = ["add_parser", "run"]
 
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("dir", help="checkpoint folder written by `sink-modifier prune`")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--tolerance", type=float, default=1e-6,
+    parser.add_argument("--tolerance", type=non_negative_float, default=1e-6,
                         help="allowed difference of each layer's zero fraction from the recorded one (default 1e-6)")
     add_trust_remote_code_argument(parser)
     add_family_argument(parser)

@@ -8,9 +8,11 @@ decompressed whole.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Union
@@ -49,8 +51,10 @@ def load_documents(
     cheap.
 
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for an
-    unsupported extension, a malformed JSONL line, a Dataset without a
-    ``text`` column, or a source that yields no documents.
+    unsupported extension, a file that is not UTF-8 text (naming the byte
+    offset of the first undecodable byte) or not the gzip stream its name
+    says, a malformed JSONL line, a Dataset without a ``text`` column, or a
+    source that yields no documents.
     """
     _check_limit("max_documents", max_documents)
     _check_limit("max_chars", max_chars)
@@ -157,12 +161,51 @@ def _iter_file(path: Path) -> Iterator[str]:
             f"{', '.join(SUPPORTED_EXTENSIONS)}"
         )
     if not path.exists():
-        raise FileNotFoundError(f"document file not found: {path}")
+        raise FileNotFoundError(
+            f"document file not found: {path}; pass an existing {', '.join(SUPPORTED_EXTENSIONS)} file with --data"
+        )
     if not path.is_file():
         raise ValueError(f"{path} is not a file; pass the path of a document file")
-    if ext.startswith(".jsonl"):
-        return _iter_jsonl(path)
-    return _iter_txt(path)
+    return _decoded(path, _iter_jsonl(path) if ext.startswith(".jsonl") else _iter_txt(path))
+
+
+_EXPECTED = "pass UTF-8 text with --data: .txt/.txt.gz (blank-line separated documents) or .jsonl/.jsonl.gz"
+
+
+def _decoded(path: Path, documents: Iterator[str]) -> Iterator[str]:
+    """``documents``, with a file that is not (gzipped) UTF-8 text as one ``ValueError`` naming the file."""
+    try:
+        yield from documents
+    except UnicodeDecodeError:
+        offset, byte = _first_undecodable_byte(path)
+        where = "of the decompressed text" if path.name.lower().endswith(".gz") else "of the file"
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{byte:02x} at offset {offset} {where} is not valid UTF-8 "
+            f"(a binary file, or another encoding: convert it with iconv -t UTF-8); {_EXPECTED}"
+        ) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"{path} ends in .gz but is not a whole gzip stream ({err}); re-compress it with gzip, "
+            f"or drop the .gz suffix if it is plain text; {_EXPECTED}"
+        ) from None
+
+
+def _first_undecodable_byte(path: Path, chunk: int = 1 << 20) -> tuple[int, int]:
+    """Offset (in the decompressed bytes, for .gz) and value of the first byte that is not UTF-8."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    offset, pending = 0, b""
+    with opener(path, "rb") as handle:
+        while True:
+            block = handle.read(chunk)
+            data = pending + block
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", not block)
+            except UnicodeDecodeError as err:
+                return offset + err.start, data[err.start]
+            offset += consumed
+            pending = data[consumed:]
+            if not block:
+                return offset, data[0] if data else 0
 
 
 def _iter_txt(path: Path) -> Iterator[str]:

@@ -25,6 +25,10 @@ _LENGTH_ATTRIBUTES: tuple[str, ...] = (
 )
 
 _TOKENIZE_BATCH = 512
+# What to do about too little text, in the commands' terms (the keywords for Python callers).
+_MORE_TEXT = (
+    "pass more text with --data (or a larger --max-chars, max_chars=, if reading stopped there)"
+)
 
 
 def token_windows(
@@ -63,15 +67,14 @@ def token_windows(
     available = stream.numel() // seq_len
     if available == 0:
         raise ValueError(
-            f"found only {stream.numel()} tokens in {len(documents)} documents, not "
-            f"enough for one window of seq_len={seq_len}; pass more data (a larger "
-            "max_chars) or a smaller seq_len"
+            f"found only {stream.numel()} tokens in {len(documents)} document{'s' if len(documents) != 1 else ''}, not "
+            f"enough for one window of {seq_len} tokens; {_MORE_TEXT} or a smaller --seq-len (seq_len=)"
         )
     if num_windows > available:
         raise ValueError(
-            f"requested {num_windows} windows but only {available} windows of "
-            f"seq_len={seq_len} are available ({stream.numel()} tokens); pass more "
-            "data, fewer samples or a smaller seq_len"
+            f"requested {num_windows} windows but only {available} windows of {seq_len} tokens "
+            f"are available ({stream.numel()} tokens); {_MORE_TEXT}, fewer windows (--num-samples of "
+            "prune, --num-windows of eval/analyze) or a smaller --seq-len"
         )
     windows = stream[: available * seq_len].view(available, seq_len)
     generator = torch.Generator(device="cpu").manual_seed(seed)

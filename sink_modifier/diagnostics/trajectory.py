@@ -19,14 +19,23 @@ model's sink stays put. Its code never measures this; :func:`analyze_sink_dynami
 
 **Per sample** (window) the global mass ``M[k, j]`` (sum over layers, heads, queries) and
 the per-layer mass are read with :func:`sink_modifier.sinks.per_layer.per_layer_attention_mass`,
-and reduced with the pure statistics of :mod:`sink_modifier.sinks.stability`: the dominant
-sink per step (and the ``top_k`` keys), its movement (``position_std``, ``stay_fraction``,
-``distinct_positions``), the soft sink mask's per-position mean/std over steps and the
-number of stable/unstable sink positions under the thresholds of
-:func:`~sink_modifier.sinks.stability.apply_sink_policy`, the kind of token each dominant
-sink is (see :func:`classify_sink_token`) and the max/mean mass ratio of every step.
-For causal models a position's soft-mask mean/std is taken over the steps whose prefix
-contains it.
+and reduced with the pure statistics of :mod:`sink_modifier.sinks.stability`: the strongest
+``top_k`` keys of every step and its max/mean mass ratio, the dominant sink per step, its
+movement (``position_std``, ``stay_fraction``, ``distinct_positions``), the soft sink mask's
+per-position mean/std over steps and the number of stable/unstable sink positions under the
+thresholds of :func:`~sink_modifier.sinks.stability.apply_sink_policy`, and the kind of token
+each dominant sink is (see :func:`classify_sink_token`). For causal models a position's
+soft-mask mean/std is taken over the steps whose prefix contains it.
+
+**No sink.** A step whose max/mean ratio is below the sink floor (:data:`SINK_FLOOR`,
+``SinkDynamicsOptions.sink_floor``, ``--sink-floor``) has no dominant sink: its strongest key
+is an arbitrary argmax of nearly flat mass (the all-mask canvas at ``t = 1``). Such a step is
+labelled :data:`NO_SINK` (its ``kind``, counted as such in the kind shares; ``sink: false``;
+``null`` in ``dominant_positions``), is not circled in the heatmaps and does not count in the
+movement statistics (``position_std``, ``stay_fraction``, ``distinct_positions``), the dominant
+tokens or ``position0_share``; ``movement_all_steps`` keeps the argmax statistics over every
+step for comparison. :func:`apply_sink_floor` re-applies another floor to a stored analysis without
+running the model again (everything it changes is derived from the stored per-step keys).
 
 The analysis runs in small steps: :func:`trajectory_steps` (the token rows of every step),
 :func:`trajectory_mass` (per-layer mass of those rows), :func:`summarize_window` (one
@@ -52,19 +61,23 @@ from sink_modifier.data.keyed_random import digest_hex
 from sink_modifier.process import LLADA_TIMESTEPS, ForwardProcess, check_timesteps, noise_windows
 from sink_modifier.sinks.detection import soft_sink_mask
 from sink_modifier.sinks.per_layer import per_layer_attention_mass
-from sink_modifier.sinks.stability import apply_sink_policy, dominant_sink_movement, dominant_sinks
+from sink_modifier.sinks.stability import apply_sink_policy, dominant_sink_movement
 
 if TYPE_CHECKING:
     from sink_modifier.families import ModelFamily
 
 __all__ = [
-    "SINKLESS_RATIO",
+    "NO_SINK",
+    "SINK_FLOOR",
     "SINK_KINDS",
+    "STEP_KINDS",
     "TRAJECTORY_TIMESTEPS",
     "SinkDynamicsOptions",
     "Trajectory",
     "aggregate_windows",
     "analyze_sink_dynamics",
+    "apply_sink_floor",
+    "check_sink_floor",
     "classify_sink_token",
     "is_punctuation",
     "prefix_lengths",
@@ -80,10 +93,22 @@ TRAJECTORY_TIMESTEPS: tuple[float, ...] = (0.0, *LLADA_TIMESTEPS)
 #: Token kinds of a dominant sink, in the order they are tested.
 SINK_KINDS: tuple[str, ...] = ("mask", "eos", "bos", "pad", "punctuation", "first_position", "other")
 
-#: A step whose strongest key gets less than this many times the mean mass has no sink to
-#: speak of (e.g. the all-mask canvas at t = 1): its "dominant" position is an arbitrary
-#: argmax. ``movement_with_sink`` repeats the movement statistics without such steps.
-SINKLESS_RATIO: float = 1.5
+#: A step whose strongest key receives less than ``SINK_FLOOR`` times the step's mean mass
+#: has no sink (:data:`NO_SINK`). Chosen on the shipped models
+#: (``benchmarks/results/sink_dynamics.json``, 32 windows × 11 steps each): the all-mask canvas
+#: at t = 1, where every key is the same token and mass varies only with position, gives 1.04
+#: on tiny-dlm (1.00 on random models); every step with real tokens gives at least 1.51 on
+#: tiny-dlm and 2.04 on tiny-ar. 1.25 is the geometric middle of that gap, so neither side
+#: crosses it under small changes. A floor of 2 would also discard 26 of tiny-dlm's 320
+#: real-token steps (clean and lightly noised windows whose strongest keys, ordinary words and
+#: punctuation, get 1.5-2x): weak sinks, not flat mass.
+SINK_FLOOR: float = 1.25
+
+#: The label of a step without a sink (its ``kind``).
+NO_SINK: str = "no sink"
+
+#: What a step's ``kind`` can be: a dominant sink's token kind, or no sink.
+STEP_KINDS: tuple[str, ...] = (*SINK_KINDS, NO_SINK)
 
 _POLICY_DEFAULTS = inspect.signature(apply_sink_policy).parameters
 UNSTABLE_STD: float = _POLICY_DEFAULTS["unstable_std"].default
@@ -219,6 +244,14 @@ def _masked_position_stability(soft: torch.Tensor, valid: torch.Tensor) -> tuple
     return mean, var.sqrt(), present
 
 
+def check_sink_floor(floor: float) -> float:
+    """``floor`` if it is a finite number >= 1 (a max/mean ratio is never below 1), else ValueError."""
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 1.0 <= floor < math.inf:
+        raise ValueError(f"sink_floor must be a finite number >= 1 (max/mean mass; 1 counts every step as a "
+                         f"sink, default {SINK_FLOOR}), got {floor!r}")
+    return float(floor)
+
+
 # -- the analysis, step by step ------------------------------------------------------------
 @dataclass(frozen=True)
 class SinkDynamicsOptions:
@@ -226,7 +259,8 @@ class SinkDynamicsOptions:
 
     ``store_mass_samples`` (``None``: all) windows keep their ``[K, T]`` mass and soft-mask
     mean/std in the result; the first ``store_layer_samples`` also keep the per-layer mass
-    ``[L, K, T]``. Statistics always use every window.
+    ``[L, K, T]``. Statistics always use every window. ``sink_floor``: steps whose max/mean
+    mass ratio is below it have no sink (see :data:`SINK_FLOOR`; 1 counts every step).
     """
 
     timesteps: tuple[float, ...] = LLADA_TIMESTEPS
@@ -238,9 +272,11 @@ class SinkDynamicsOptions:
     progress: bool = True
     store_mass_samples: int | None = None
     store_layer_samples: int = 2
+    sink_floor: float = SINK_FLOOR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timesteps", check_timesteps(self.timesteps))
+        check_sink_floor(self.sink_floor)
         for name in ("top_k", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -341,12 +377,11 @@ def summarize_window(
     """One window's entry of the result and its per-layer movement statistics.
 
     ``mass [K, T]`` and ``layer_mass [L, K, T]`` may hold NaN at invalid positions; ``valid
-    [K, T]`` says which positions each step has.
+    [K, T]`` says which positions each step has. Steps below ``options.sink_floor`` are
+    :data:`NO_SINK` (see :func:`_floor_window`).
     """
     num_steps = valid.shape[0]
     filled = mass.nan_to_num(0.0)  # invalid positions are masked everywhere below
-    dominant = dominant_sinks(filled, valid)
-    movement = dominant_sink_movement(filled, valid)
     means = torch.stack([filled[k, valid[k]].mean() for k in range(num_steps)])  # [K]
     masked = filled.masked_fill(~valid, float("-inf"))
     steps = []
@@ -354,24 +389,15 @@ def summarize_window(
         kk = min(options.top_k, int(valid[k].sum()))
         values, idx = masked[k].topk(kk)
         mean_k = float(means[k])
-        top = [describe_key(sample_ids, k, int(p), float(v) / mean_k if mean_k > 0 else float("nan"))
+        top = [describe_key(sample_ids, k, int(p), float(v) / mean_k if mean_k > 0 else 0.0)
                for v, p in zip(values.tolist(), idx.tolist())]
-        steps.append({"ratio": top[0]["ratio"], "kind": top[0]["kind"], "top": top})
-    with_sink = torch.tensor([step["ratio"] >= SINKLESS_RATIO for step in steps])
-    if with_sink.any():
-        movement_with_sink = {**dominant_sink_movement(filled[with_sink], valid[with_sink]),
-                              "steps": int(with_sink.sum())}
-    else:
-        movement_with_sink = {"position_std": None, "stay_fraction": None, "distinct_positions": 0, "steps": 0}
+        steps.append({"ratio": top[0]["ratio"], "top": top})
     soft = soft_sink_mask(filled, options.sink_std, options.sink_alpha, valid)  # [K, T], 0 at invalid
     s_mean, s_std, present = _masked_position_stability(soft, valid)
     seen = present > 0
     ever_sink = ((soft > 0.5) & valid).any(0)
     entry: dict[str, Any] = {
         "index": index,
-        "dominant_positions": dominant.tolist(),
-        "movement": movement,
-        "movement_with_sink": movement_with_sink,
         "steps": steps,
         "mask_stability": {
             "sink_positions": int(ever_sink.sum()),
@@ -388,6 +414,9 @@ def summarize_window(
     if index < options.store_layer_samples:
         entry["layer_mass"] = _floats(layer_mass, 3)
 
+    _floor_window(entry, options.sink_floor)
+    # per layer: the argmax of that layer's mass over every step (the floor is a property of the
+    # global mass; apply_sink_floor cannot revisit layers, whose per-window mass is not stored)
     per_layer = []
     for lm in layer_mass.nan_to_num(0.0):
         mv = dominant_sink_movement(lm, valid)
@@ -398,39 +427,80 @@ def summarize_window(
     return entry, per_layer
 
 
+def _movement(positions: list[int]) -> dict[str, Any]:
+    """Movement statistics of a window's dominant positions at the steps given, and their number."""
+    if not positions:
+        return {"position_std": None, "stay_fraction": None, "distinct_positions": 0, "steps": 0}
+    # one-hot rows have their argmax at the given positions, so these are exactly
+    # sinks.stability.dominant_sink_movement's statistics (one definition of the movement)
+    one_hot = torch.nn.functional.one_hot(torch.tensor(positions), max(positions) + 1).float()
+    return {**dominant_sink_movement(one_hot), "steps": len(positions)}
+
+
+def _floor_window(entry: dict[str, Any], floor: float) -> None:
+    """Set a window entry's floor-dependent fields from its steps' ratio and strongest key, in place.
+
+    Each step gets ``sink`` (ratio >= floor) and ``kind`` (the dominant key's kind, or
+    :data:`NO_SINK`); ``dominant_positions`` holds ``None`` at steps without a sink; ``movement``
+    is over the steps with a sink (consecutive pairs of them for ``stay_fraction``),
+    ``movement_all_steps`` over every step's strongest key.
+    """
+    for step in entry["steps"]:
+        step["sink"] = bool(step["ratio"] >= floor)
+        step["kind"] = step["top"][0]["kind"] if step["sink"] else NO_SINK
+    strongest = [step["top"][0]["position"] for step in entry["steps"]]
+    entry["dominant_positions"] = [p if step["sink"] else None for p, step in zip(strongest, entry["steps"])]
+    entry["movement"] = _movement([p for p in entry["dominant_positions"] if p is not None])
+    entry["movement_all_steps"] = _movement(strongest)
+
+
+def _sink_statistics(samples: list[dict], steps: list[dict]) -> dict[str, Any]:
+    """The aggregate statistics that depend on the sink floor (samples already floored)."""
+    num_steps = len(steps)
+    sink_steps = [(sample, k) for sample in samples for k in range(num_steps) if sample["steps"][k]["sink"]]
+    kinds_total = Counter(sample["steps"][k]["kind"] for sample in samples for k in range(num_steps))
+    kinds_per_step = [Counter(sample["steps"][k]["kind"] for sample in samples) for k in range(num_steps)]
+    tokens = Counter(sample["steps"][k]["top"][0]["token"] for sample, k in sink_steps)
+
+    def over_windows(movement: str, key: str) -> dict[str, float | None]:
+        return _stats(v for v in (sample[movement][key] for sample in samples) if v is not None)
+
+    return {
+        "position_std": over_windows("movement", "position_std"),
+        "stay_fraction": over_windows("movement", "stay_fraction"),
+        "distinct_positions": over_windows("movement", "distinct_positions"),
+        "sink_steps": over_windows("movement", "steps"),
+        "movement_all_steps": {key: over_windows("movement_all_steps", key)
+                               for key in ("position_std", "stay_fraction", "distinct_positions")},
+        # share of the steps with a sink whose dominant sink is the first position (None: no sink anywhere)
+        "position0_share": (sum(sample["dominant_positions"][k] == 0 for sample, k in sink_steps) / len(sink_steps)
+                            if sink_steps else None),
+        "kinds": {kind: kinds_total.get(kind, 0) for kind in STEP_KINDS},
+        "kinds_per_step": [{kind: c.get(kind, 0) for kind in STEP_KINDS} for c in kinds_per_step],
+        "top_tokens": [[tok, n] for tok, n in tokens.most_common(10)],
+        "ratio_per_step": [
+            {**steps[k], **_stats(sample["steps"][k]["ratio"] for sample in samples),
+             "sink_share": sum(sample["steps"][k]["sink"] for sample in samples) / len(samples)}
+            for k in range(num_steps)
+        ],
+    }
+
+
 def aggregate_windows(
     samples: list[dict], per_layer: list[list[dict[str, float]]], steps: list[dict], seq_len: int
 ) -> dict[str, Any]:
     """Statistics over windows: movement, sink kinds and tokens, per-step ratios, stability, per layer.
 
-    ``per_layer[s][layer]`` are :func:`summarize_window`'s layer statistics of window ``s``;
-    ``steps`` the per-step facts (timestep, prefix length, noise rate) merged into ``ratio_per_step``.
+    ``samples`` are :func:`summarize_window` entries (floored); ``per_layer[s][layer]`` its layer
+    statistics of window ``s``; ``steps`` the per-step facts (timestep, prefix length, noise rate)
+    merged into ``ratio_per_step``. Movement, kinds, tokens and ``position0_share`` count only the
+    steps with a sink.
     """
-    num_steps = len(steps)
-    kinds_total = Counter(step["kind"] for sample in samples for step in sample["steps"])
-    kinds_per_step = [Counter(sample["steps"][k]["kind"] for sample in samples) for k in range(num_steps)]
-    tokens = Counter(sample["steps"][k]["top"][0]["token"] for sample in samples for k in range(num_steps))
     num_layers = len(per_layer[0]) if per_layer else 0
     return {
-        "position_std": _stats(sample["movement"]["position_std"] for sample in samples),
-        "stay_fraction": _stats(sample["movement"]["stay_fraction"] for sample in samples),
-        "distinct_positions": _stats(sample["movement"]["distinct_positions"] for sample in samples),
-        "movement_with_sink": {
-            key: _stats(sample["movement_with_sink"][key] for sample in samples
-                        if sample["movement_with_sink"][key] is not None)
-            for key in ("position_std", "stay_fraction", "distinct_positions", "steps")
-        },
-        "sinkless_ratio": SINKLESS_RATIO,
+        **_sink_statistics(samples, steps),
         # std of a position drawn uniformly from 0..T-1: what a sink with no memory would give
         "uniform_position_std": math.sqrt((seq_len**2 - 1) / 12.0),
-        "position0_share": sum(p == 0 for sample in samples for p in sample["dominant_positions"])
-        / (len(samples) * num_steps),
-        "kinds": {kind: kinds_total.get(kind, 0) for kind in SINK_KINDS},
-        "kinds_per_step": [{kind: c.get(kind, 0) for kind in SINK_KINDS} for c in kinds_per_step],
-        "top_tokens": [[tok, n] for tok, n in tokens.most_common(10)],
-        "ratio_per_step": [
-            {**steps[k], **_stats(sample["steps"][k]["ratio"] for sample in samples)} for k in range(num_steps)
-        ],
         "stability": {
             key: _stats(sample["mask_stability"][key] for sample in samples)
             for key in ("sink_positions", "stable", "unstable", "mean_soft_mask_std")
@@ -515,6 +585,7 @@ def analyze_sink_dynamics(
         "num_layers": int(layer_mass.shape[0]),
         "sink_std": float(options.sink_std),
         "sink_alpha": float(options.sink_alpha),
+        "sink_floor": float(options.sink_floor),
         "top_k": options.top_k,
         "special_token_ids": specials,
         "stability_thresholds": {"unstable_std": UNSTABLE_STD, "stable_mean": STABLE_MEAN},
@@ -524,3 +595,23 @@ def analyze_sink_dynamics(
         "aggregate": aggregate_windows(samples, per_layer, steps, seq_len),
         "samples": samples,
     }
+
+
+def apply_sink_floor(analysis: dict, floor: float) -> dict:
+    """A copy of ``analysis`` (from :func:`analyze_sink_dynamics`) with steps below ``floor`` as no sink.
+
+    Re-derives every floor-dependent field (each step's ``sink`` and ``kind``, the windows'
+    ``dominant_positions`` and movement, and the aggregate movement, kinds, tokens,
+    ``position0_share`` and per-step ``sink_share``) from the stored per-step ratios and
+    strongest keys; nothing is recomputed from the model. The soft-mask stability and the
+    per-layer statistics do not depend on the floor and are kept.
+    """
+    import copy
+
+    floor = check_sink_floor(floor)
+    result = copy.deepcopy(analysis)
+    for sample in result["samples"]:
+        _floor_window(sample, floor)
+    result["sink_floor"] = floor
+    result["aggregate"].update(_sink_statistics(result["samples"], result["steps"]))
+    return result

@@ -21,9 +21,17 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"{folder} is not a model folder (no config.json); pass the directory that from_pretrained would load"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); re-save or re-download the checkpoint"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(config).__name__}, not an object of model settings; "
+            "re-save or re-download the checkpoint"
+        )
+    return config
 
 
 def quantization_config(config: dict[str, Any]) -> dict | None:

@@ -3,6 +3,10 @@
 The checkpoints of LLaDA and Dream ship their own ``modeling_*.py`` written for transformers
 4.x. Rather than editing that code (the user's folder is never modified), we resolve the
 class the way ``AutoModel*`` would and repair the in-memory class or config around it.
+
+Whether a folder's code may run is decided here, before transformers is asked
+(:func:`check_custom_code`): transformers' own refusal names a Python keyword and a hub URL
+made from the local path, not the command's ``--trust-remote-code``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,35 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ensure_post_init", "remote_class", "require_trust", "tolerate_tie_weights_arguments"]
+__all__ = [
+    "auto_map_classes",
+    "builtin_model_type",
+    "check_custom_code",
+    "ensure_post_init",
+    "ignored_code_warning",
+    "remote_class",
+    "require_trust",
+    "tolerate_tie_weights_arguments",
+]
+
+_READ_FIRST = "read the folder's *.py files first if you did not write them"
+
+
+def auto_map_classes(config: dict[str, Any]) -> dict[str, str]:
+    """``auto_map`` of a parsed ``config.json`` as ``{auto class: "module.Class"}`` (empty: none)."""
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict):
+        return {}
+    # an entry may be a list (a tokenizer's slow/fast pair) or name a hub repo ("org/repo--module.Class")
+    return {str(k): str(v[0] if isinstance(v, (list, tuple)) and v else v).split("--")[-1]
+            for k, v in auto_map.items() if v}
+
+
+def builtin_model_type(config: dict[str, Any]) -> bool:
+    """Whether transformers itself has classes for the config's ``model_type``."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return str(config.get("model_type", "")) in CONFIG_MAPPING_NAMES
 
 
 def require_trust(folder: Path, config: dict[str, Any], trust_remote_code: bool, family: str) -> None:
@@ -20,9 +52,42 @@ def require_trust(folder: Path, config: dict[str, Any], trust_remote_code: bool,
     if config.get("auto_map") and not trust_remote_code:
         raise ValueError(
             f"{folder} is a {family} checkpoint whose model code ships in the folder (auto_map in "
-            "config.json); it only runs with trust_remote_code=True (--trust-remote-code). Read the "
-            "folder's *.py files first if you did not write them."
+            "config.json); it only runs with --trust-remote-code (trust_remote_code=True in Python); "
+            f"{_READ_FIRST}"
         )
+
+
+def check_custom_code(folder: Path, config: dict[str, Any], trust_remote_code: bool, family: Any) -> None:
+    """Refuse a folder that can only load by running its own code, unless the user allowed it.
+
+    A family of remote-code checkpoints (LLaDA, Dream) always needs it; any other folder with
+    an ``auto_map`` needs it when transformers has no built-in class for its ``model_type``.
+    """
+    if trust_remote_code or not config.get("auto_map"):
+        return
+    if getattr(family, "remote_code", False):
+        require_trust(folder, config, trust_remote_code, family.name)
+    if not builtin_model_type(config):
+        classes = ", ".join(f"{k}: {v}" for k, v in auto_map_classes(config).items())
+        raise ValueError(
+            f"{folder}/config.json has model_type {config.get('model_type')!r}, which transformers has no "
+            f"built-in class for, and names the folder's own code (auto_map {{{classes}}}); it only loads "
+            f"with --trust-remote-code (trust_remote_code=True in Python); {_READ_FIRST}"
+        )
+
+
+def ignored_code_warning(folder: Path, config: dict[str, Any], used: type) -> str | None:
+    """The warning for a folder whose ``auto_map`` code was not run (built-in class used instead)."""
+    classes = auto_map_classes(config)
+    if not classes:
+        return None
+    names = ", ".join(f"{k}: {v}" for k, v in classes.items())
+    return (
+        f"{folder}/config.json names its own code (auto_map {{{names}}}) but its model_type "
+        f"{config.get('model_type')!r} is built into transformers: loaded transformers' {used.__name__} and "
+        "ignored the folder's code; pass --trust-remote-code (trust_remote_code=True in Python) to run the "
+        "folder's code instead"
+    )
 
 
 def remote_class(folder: Path, config: dict[str, Any], auto_classes: tuple[str, ...]) -> type[nn.Module]:

@@ -23,8 +23,11 @@ Differences from the reference, all deliberate:
 * The mask token itself is never proposed. The reference can commit it (an untrained or
   pruned model may rate it highest); it then counts as masked again, the block's schedule
   no longer adds up, and mask tokens can survive to the output.
-* A step that commits no token (``steps / num_blocks > block_length``) skips the forward pass
-  instead of computing logits it throws away.
+* More ``steps`` than ``gen_length`` tokens cannot be taken: a step commits at least one token,
+  so each block runs ``min(steps / num_blocks, block_length)`` steps (one token per step) and a
+  step that would commit nothing skips the forward pass instead of computing logits it throws
+  away. :func:`scheduled_steps` says how many steps run; :class:`GenerationResult` records it
+  (``sink-modifier generate`` warns when it is fewer than ``--steps``).
 * ``logit_shift=1`` (Dream): position ``j`` is predicted by the logits at ``j − 1``.
   Alignment and guidance are :func:`sink_modifier.scoring.denoiser.denoiser_logits`, the core
   evaluation and the lm-eval adapter score with too.
@@ -43,7 +46,8 @@ from torch import nn
 from sink_modifier.scoring.denoiser import LogitsFn, check_logit_shift, denoiser_logits, model_logits
 from sink_modifier.scoring.inference import input_device
 
-__all__ = ["REMASKING", "GenerationResult", "generate", "generate_with_stats", "get_num_transfer_tokens"]
+__all__ = ["REMASKING", "GenerationResult", "generate", "generate_with_stats", "get_num_transfer_tokens",
+           "scheduled_steps"]
 
 REMASKING = ("low_confidence", "random")
 
@@ -67,6 +71,20 @@ def get_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tenso
     return base + (step < remainder).to(torch.int64)
 
 
+def scheduled_steps(gen_length: int, steps: int) -> int:
+    """Denoising steps that commit tokens when ``steps`` are asked for ``gen_length`` tokens.
+
+    Every generated position starts masked and a step commits at least one token, so at most
+    ``gen_length`` steps run (one token per step); the rest would commit nothing and are skipped.
+    ``steps`` must already be a multiple of the number of blocks (:func:`generate` checks it),
+    so each block gets ``min(steps / num_blocks, block_length)`` steps and the total is
+    ``min(steps, gen_length)``.
+    """
+    _positive_int("gen_length", gen_length)
+    _positive_int("steps", steps)
+    return min(steps, gen_length)
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     """What :func:`generate_with_stats` measured; ``sequences`` is what :func:`generate` returns."""
@@ -76,6 +94,9 @@ class GenerationResult:
     new_tokens: int  # generated positions over the whole batch (B × gen_length)
     forward_passes: int  # calls of logits_fn (a CFG step is one call on 2B rows)
     seconds: float
+    # denoising steps of the schedule, ``scheduled_steps(gen_length, steps)`` (fewer than asked when
+    # steps > gen_length); None for a family's own sampler, whose steps are its own
+    steps: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -281,6 +302,7 @@ def generate(
         mask_token_id: the model's mask id.
         gen_length, steps, block_length: canvas tail length, total denoising steps and block size;
             ``gen_length % block_length == 0`` and ``steps % (gen_length // block_length) == 0``.
+            At most ``gen_length`` steps run (one token per step; see :func:`scheduled_steps`).
         temperature: 0 = greedy; otherwise Gumbel-max sampling at this temperature.
         cfg_scale: classifier-free guidance ``un + (cfg + 1)(cond − un)``, unconditional = prompt masked.
         remasking: ``"low_confidence"`` (commit the most probable proposals) or ``"random"``.
@@ -300,13 +322,15 @@ def generate_with_stats(model, prompt_ids: torch.Tensor, **kwargs) -> Generation
     """:func:`generate` (same keyword arguments), timed, with the number of forward passes."""
     device = input_device(model) if isinstance(model, nn.Module) else prompt_ids.device
     _synchronize(device)
+    kwargs = _with_defaults(kwargs)
     start = time.perf_counter()
-    canvas, passes = _run(model, prompt_ids, **_with_defaults(kwargs))
+    canvas, passes = _run(model, prompt_ids, **kwargs)
     _synchronize(device)
     seconds = time.perf_counter() - start
     gen_length = canvas.shape[1] - prompt_ids.shape[1]
     return GenerationResult(sequences=canvas, prompt_length=prompt_ids.shape[1],
-                            new_tokens=canvas.shape[0] * gen_length, forward_passes=passes, seconds=seconds)
+                            new_tokens=canvas.shape[0] * gen_length, forward_passes=passes, seconds=seconds,
+                            steps=scheduled_steps(gen_length, kwargs["steps"]))
 
 
 _DEFAULTS = dict(gen_length=128, steps=128, block_length=32, temperature=0.0, cfg_scale=0.0,

@@ -30,12 +30,14 @@ import torch
 from compressed_tensors.offload import disable_offloading
 from compressed_tensors.utils import getattr_chain
 from loguru import logger
+from pydantic import ValidationInfo, field_validator
 
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.modifiers.gptq.helpers import assign_batches, prepare_batch, update_batch_qparams
 from llmcompressor.utils.metric_logging import CompressionLogger
 
+from sink_modifier.modifiers.finite_fields import check_finite
 from sink_modifier.modifiers.masked_gptq_quantize import Compensation, masked_quantize_weight
 
 __all__ = ["MaskPreservingGPTQModifier"]
@@ -69,6 +71,11 @@ class MaskPreservingGPTQModifier(GPTQModifier):
     preserve_sparsity_mask: bool = True
     mask_compensation: Compensation = "redistribute"
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _check_finite(cls, value, info: ValidationInfo):
+        return check_finite(info.field_name, value)  # dampening_frac, ...: NaN / inf refused at load
+
     def compress_module_list(self, module_list):
         if not self.preserve_sparsity_mask:
             return super().compress_module_list(module_list)
@@ -78,7 +85,7 @@ class MaskPreservingGPTQModifier(GPTQModifier):
             quant_args = getattr_chain(batch[0], "quantization_scheme.weights")
             batch_qparams = [module.weight_observer.get_qparams() for module in batch]
             names = [self._module_names[module] for module in batch]
-            logger.info(f"Quantizing {len(batch)} module(s) with mask-preserving GPTQ: {names}")
+            logger.debug(f"Quantizing {len(batch)} module(s) with mask-preserving GPTQ: {names}")
 
             with torch.no_grad(), disable_offloading(), contextlib.ExitStack() as ctx_stack:
                 weights, hessians, scales, zero_points, global_scales = prepare_batch(

@@ -17,7 +17,8 @@ batch's token ids with all modifier hooks disabled, reads the attention mass
 batch index. The Linear hooks then look the weights up by ``current_batch_idx``. In the
 sequential pipeline the embedding subgraph runs for all batches before any decoder
 layer, so every mask comes from the dense model, as in the paper. ``sink_weighting:
-false`` skips the sink pass and gives the identical pipeline without down-weighting.
+false`` hangs no such hook and skips the sink pass: the modifier is then upstream's
+(``WandaPruningModifier`` / ``SparseGPTModifier``) bit for bit, on any module tree.
 
 What the sink pass costs (:func:`sink_modifier.sinks.global_attention_mass`):
 
@@ -53,12 +54,13 @@ from typing import Literal
 
 import torch
 from loguru import logger
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from llmcompressor.core import State, active_session
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 from llmcompressor.modifiers.utils.hooks import HooksMixin
 
+from sink_modifier.modifiers.finite_fields import check_finite
 from sink_modifier.process.calibration import CalibrationSet
 from sink_modifier.process.rows import RowTable
 from sink_modifier.sinks import global_attention_mass, soft_sink_mask
@@ -71,12 +73,22 @@ __all__ = ["SinkAwareSparsityBase"]
 class SinkAwareSparsityBase(SparsityModifierBase):
     """Base of the sink-aware modifiers; subclasses implement ``calibrate_module`` and ``compress_modules``.
 
-    :param sparsity: fraction of weights to prune, in [0, 1) (ignored for N:M, where it is N/M).
+    :param sparsity: fraction of weights to prune, in [0, 1] (ignored for N:M, where it is N/M);
+        a list gives one value per matched target, as upstream.
     :param mask_structure: ``"0:0"`` unstructured, or ``"N:M"``: N of every M consecutive
         input weights of a row are pruned (``"2:4"``).
+    :param targets: modules to prune, as upstream (default ``["Linear"]``).
+    :param ignore: modules left alone, as upstream; the default ``[]`` prunes the output head
+        too when ``targets`` match it (a warning says so): list it, e.g. ``"re:.*lm_head"``
+        (the shipped recipes do; ``sink-modifier prune`` adds the family's head itself).
+    :param preserve_sparsity_mask: keep the weights that are already exactly zero pruned, as
+        part of the target (see each modifier for how they count); false: upstream's default,
+        earlier zeros may be refilled.
     :param sink_std: ``k`` of the sink threshold ``mean + k * std`` of the attention mass.
     :param sink_alpha: slope of the soft sink mask ``sigmoid(alpha * (mass - threshold))``.
-    :param sink_weighting: false runs the same pipeline with no down-weighting (ablation).
+    :param sink_weighting: false is upstream's algorithm on the raw inputs, bit for bit (padding
+        included, as upstream): no sink pass, no family detection, no input embedding needed, so
+        it runs on any module tree upstream's modifier runs on (the ablation of the weighting).
     :param attention_chunk_size: queries per block in the sink pass (eager attention run
         in blocks, or mass recomputed from q and k for SDPA models); ``None`` picks a block
         of about 64 MiB of float32 scores.
@@ -96,7 +108,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     """
 
     sparsity: float | list[float] | None = None
-    ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"])
+    preserve_sparsity_mask: bool = False
     sink_std: float = 2.0
     sink_alpha: float = 5.0
     sink_weighting: bool = True
@@ -117,13 +129,18 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
 
     # -- validation (fails at recipe load, naming the field) ------------------------
+    @field_validator("*", mode="after")
+    @classmethod
+    def _check_finite(cls, value, info: ValidationInfo):
+        return check_finite(info.field_name, value)
+
     @field_validator("sparsity", mode="after")
     @classmethod
     def _check_sparsity(cls, value):
         values = value if isinstance(value, list) else [value]
         for v in values:
-            if v is not None and not 0.0 <= float(v) < 1.0:
-                raise ValueError(f"sparsity must be in [0, 1), got {v}; e.g. 0.5 prunes half the weights")
+            if v is not None and not 0.0 <= float(v) <= 1.0:  # NaN fails too
+                raise ValueError(f"sparsity must be in [0, 1], got {v}; e.g. 0.5 prunes half the weights")
         return value
 
     @field_validator("mask_structure", mode="before")
@@ -177,7 +194,7 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         self._model = state.model
         self._model_family = self._attached_family  # None: detected on first use, for this model
         self._rows = self._row_table(getattr(getattr(state, "data", None), "calib", None))
-        if self._input_embedding() is None:
+        if self.sink_weighting and self._input_embedding() is None:
             raise ValueError(
                 f"{type(state.model).__name__} has no input embedding (get_input_embeddings() "
                 "returned None); sink-aware pruning needs it to see each batch's token ids"
@@ -186,8 +203,30 @@ class SinkAwareSparsityBase(SparsityModifierBase):
 
     def on_calibration_start(self, state: State, event, **kwargs):
         super().on_calibration_start(state, event, **kwargs)  # Linear hooks
+        self._warn_if_head_pruned()
+        if not self.sink_weighting:  # upstream's algorithm: the Linear hooks are all it needs
+            return
         self.register_hook(self._model, self._capture_attention_mask, "forward_pre", with_kwargs=True)
         self.register_hook(self._input_embedding(), self._start_batch, "forward_pre")
+
+    def _warn_if_head_pruned(self) -> None:
+        """Say so when the output head is among the pruned modules.
+
+        Upstream warns only where a matched name ends in ``lm_head``; with ``targets:
+        ["Linear"]`` its names end in ``"."`` and nothing is said. Here the head is also found
+        as ``get_output_embeddings()`` (LLaDA's is ``model.transformer.ff_out``).
+        """
+        get_head = getattr(self._model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        for module, name in self._module_names.items():
+            if name.endswith("lm_head"):
+                continue  # upstream has warned
+            short = name.rstrip(".")
+            if module is head or short.endswith("lm_head"):
+                logger.warning(
+                    f"{type(self).__name__} prunes the output head {short} (targets match it and ignore "
+                    f'does not list it); to keep it dense add "{short}" to ignore'
+                )
 
     def on_calibration_end(self, state: State, event, **kwargs):
         super().on_calibration_end(state, event, **kwargs)
@@ -253,12 +292,8 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         self._pending_attention_mask = None
         if valid is not None and (valid.shape != input_ids.shape or bool(valid.all())):
             valid = None
-        if self.sink_weighting:
-            with HooksMixin.disable_hooks():
-                weights = self.batch_token_weights(input_ids, valid)
-        else:
-            weights = None if valid is None else valid.float()
-        self._token_weights[batch_idx] = weights
+        with HooksMixin.disable_hooks():
+            self._token_weights[batch_idx] = self.batch_token_weights(input_ids, valid)
 
     def sink_mass(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Global attention mass ``[B, T]`` of ``input_ids`` under the (dense) model."""
@@ -310,7 +345,13 @@ class SinkAwareSparsityBase(SparsityModifierBase):
             raise ValueError(f"{hint}; {problem}")
 
     def weights_for(self, module: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The current batch's token weights aligned with a Linear's ``inputs``: ``([B,T,d], [B,T] | None)``."""
+        """The current batch's token weights aligned with a Linear's ``inputs``: ``([B,T,d], [B,T] | None)``.
+
+        With ``sink_weighting`` off: ``(inputs, None)``, the inputs as upstream sees them (any
+        layer type, padding included).
+        """
+        if not self.sink_weighting:
+            return inputs, None
         batch_idx = active_session().state.current_batch_idx
         if batch_idx not in self._token_weights:
             raise RuntimeError(

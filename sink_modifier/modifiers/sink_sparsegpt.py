@@ -79,7 +79,18 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     ```
 
     Sparsity semantics are SparseGPT's: the unstructured threshold is per ``block_size``
-    columns across all rows (not per row); N:M is per row.
+    columns across all rows (not per row); N:M is per row. With ``sink_weighting: false`` it
+    is llm-compressor's ``SparseGPTModifier`` bit for bit (same Hessian accumulation on the
+    raw inputs, same solver), except that ``sparsity: 1.0`` zeroes the layer where upstream's
+    threshold lookup fails with an IndexError.
+
+    :param preserve_sparsity_mask: upstream's: the weights already exactly zero form the base
+        mask, which each block extends to the target (a block already at or above it keeps
+        its zeros and gains none); the OBS updates never write into them. A layer already
+        sparser than the target is refused (upstream's ValueError). For N:M the zeros count
+        towards each group's N; with N:M and ``block_size`` below a layer's input width,
+        upstream reads the base mask of the first block for every block (block-relative
+        column indices), and so does this modifier, which calls upstream's solver.
 
     :param block_size: columns pruned per OBS block (as llm-compressor's SparseGPT).
     :param dampening_frac: ``H += dampening_frac * mean(diag H) * I`` before inversion.
@@ -189,11 +200,18 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
                 self._hessians[module] = (self._hessians[module] / num_samples).to(torch.float32)
             loss, pruned = self._sparsify(module)
             update_offload_parameter(module, "weight", pruned)
-            self._log_pruned(module, pruned, num_samples, loss)
+            self._log_pruned(module, pruned, num_samples, _loss_text(loss))
 
-    def _sparsify(self, module: torch.nn.Module) -> tuple[float, torch.Tensor]:
-        sparsity = self._module_sparsities[module] or 0.0
+    def _sparsify(self, module: torch.nn.Module) -> tuple[float | None, torch.Tensor]:
+        sparsity = self._module_sparsities[module]
+        if sparsity is None:  # N:M without a sparsity: N/M is what the preserved-mask check compares to
+            sparsity = self._prune_n / self._prune_m if self._prune_n else 0.0
         with torch.no_grad(), align_module_device(module):
+            if sparsity >= 1.0 and not self._prune_n:
+                # Every weight is pruned, whatever the updates; upstream's threshold lookup
+                # indexes one past the end of the sorted scores here (IndexError).
+                del self._hessians[module]
+                return None, torch.zeros_like(module.weight)
             self._hessians[module] = self._hessians[module].to(module.weight.device)
             return sparsify_weight(
                 module=module,
@@ -203,7 +221,7 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
                 prune_m=self._prune_m,
                 block_size=self.block_size,
                 dampening_frac=self.dampening_frac,
-                preserve_sparsity_mask=False,
+                preserve_sparsity_mask=self.preserve_sparsity_mask,
             )
 
     def _compress_data_parallel(self):
@@ -227,15 +245,15 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
                 self._hessians[module] = reduced.cpu() if self.offload_hessians else reduced
         results = {module: self._sparsify(module) for module in modules if owner[module] == rank}
         for module in modules:
+            here = module in results
             loss, pruned = results.pop(module, (None, None))
             received = broadcast_weight(pruned, module.weight, src=owner[module])
             write_weight(module, received, writer=owner[module])
-            self._log_pruned(module, received, totals[module], loss)
+            self._log_pruned(module, received, totals[module], _loss_text(loss) if here else "pruned on another rank")
 
-    def _log_pruned(self, module: torch.nn.Module, pruned: torch.Tensor, num_samples: int, loss) -> None:
+    def _log_pruned(self, module: torch.nn.Module, pruned: torch.Tensor, num_samples: int, loss_text: str) -> None:
         name = self._record_sparsity(module, pruned)
-        loss_text = f"loss {loss:.4g}" if loss is not None else "pruned on another rank"
-        logger.info(
+        logger.debug(
             f"Sink-aware SparseGPT: pruned {name} to {self._achieved_sparsity[name]:.2%} "
             f"({num_samples} samples, {loss_text}, sink_weighting={self.sink_weighting}, "
             f"mode={self.sink_mask_mode})"
@@ -245,6 +263,10 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
         self._finalize_checks(state, self._num_samples)
         self._hessians = dict()
         return True
+
+
+def _loss_text(loss: float | None) -> str:
+    return "every weight pruned" if loss is None else f"loss {loss:.4g}"
 
 
 def _row_key(row: torch.Tensor) -> int:

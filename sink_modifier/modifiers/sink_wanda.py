@@ -26,6 +26,7 @@ from sink_modifier.modifiers.wanda_scoring import (
     accumulate_statistic,
     batch_contribution,
     column_scale,
+    count_over_target,
     fold_contribution,
     prune_mask,
 )
@@ -51,10 +52,19 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     ```
 
     Every output row keeps exactly ``d_in - int(d_in * sparsity)`` weights (or N:M per row).
-    See :class:`SinkAwareSparsityBase` for the shared sink settings.
+    See :class:`SinkAwareSparsityBase` for the shared sink settings. With ``sink_weighting:
+    false`` and ``statistic: rms`` it is llm-compressor's ``WandaPruningModifier`` bit for bit
+    (ties of equal scores inside an N:M group aside: ours resolve by column order).
 
     :param statistic: ``rms`` (llm-compressor's Wanda statistic on weighted inputs) or
         ``sum_of_norms`` (the paper code's sum of per-sample L2 norms).
+    :param preserve_sparsity_mask: (upstream Wanda has no such field; this is SparseGPT's
+        meaning carried over) weights already exactly zero stay pruned and count towards
+        each row's quota ``int(d_in * sparsity)`` (for N:M, towards each group's N); the
+        remaining quota goes to the lowest scores. A row or group that already holds more
+        zeros than the target keeps them all, with a warning. Wanda only ever zeroes weights,
+        so off, the old zeros stay zero too and, scoring 0, normally fill the quota first as
+        well; on, they fill it first by rule (also against other weights scoring 0).
 
     Under ``torchrun`` (an initialised process group with several ranks) each rank keeps its
     batches' column contributions; before pruning a module they are all-gathered and folded
@@ -106,16 +116,31 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
             with torch.no_grad(), align_module_device(module):
                 weight = module.weight.data
                 sparsity = self._module_sparsities[module] or 0.0
-                mask = prune_mask(weight, scale, sparsity, self._prune_n, self._prune_m)
+                mask = prune_mask(
+                    weight, scale, sparsity, self._prune_n, self._prune_m, preserve_zeros=self.preserve_sparsity_mask
+                )
+                if self.preserve_sparsity_mask:
+                    self._warn_over_target(module, weight, sparsity)
                 pruned = weight.masked_fill(mask.to(weight.device), 0)
             if is_data_parallel():  # every rank computed the same mask; one writes a shared copy
                 write_weight(module, pruned, writer=0)
             else:
                 update_offload_parameter(module, "weight", pruned)
             name = self._record_sparsity(module, pruned)
-            logger.info(
+            logger.debug(
                 f"Sink-aware Wanda: pruned {name} to {self._achieved_sparsity[name]:.2%} "
                 f"({num_samples} samples, statistic={self.statistic}, sink_weighting={self.sink_weighting})"
+            )
+
+    def _warn_over_target(self, module: torch.nn.Module, weight: torch.Tensor, sparsity: float) -> None:
+        over = count_over_target(weight, sparsity, self._prune_n, self._prune_m)
+        if over:
+            unit = f"groups of {self._prune_m}" if self._prune_n else "rows"
+            target = self.mask_structure if self._prune_n else f"{sparsity:.2%}"
+            logger.warning(
+                f"preserve_sparsity_mask: {over} {unit} of {self._module_names[module].rstrip('.')} already "
+                f"hold more zeros than the target {target}; their zeros are kept, so the layer ends "
+                "sparser than the target"
             )
 
     def on_finalize(self, state: State, **kwargs) -> bool:

@@ -4,14 +4,18 @@ A Linear layer's input rows are tokens; ``token_weights`` ``w = 1 - s`` (sink ma
 scale each row before the usual Wanda column statistic is taken:
 
 * ``rms`` (llm-compressor's Wanda): running mean over samples of ``||w ⊙ X[:, c]||²``;
-  column scale = ``sqrt`` of it. Independent of batch size.
+  column scale = ``sqrt`` of it. Independent of batch size. Computed with llm-compressor's
+  own operations in its order (``accumulate_row_scalars``: ``torch.norm(X.t(), dim=1) ** 2``
+  on the float32 ``[d_in, tokens]`` view, folded as ``S *= n/(n+a); S += c/(n+a)``), so with
+  no token weights the statistic is upstream's bit for bit.
 * ``sum_of_norms`` (the paper's code, reference-spec §1.9): ``Σ_samples ||w ⊙ X[:, c]||₂``;
   column scale = the sum itself. Taken per sample, so it equals the paper's numbers at its
   default ``batch_size=1`` and, unlike the paper's code, does not change with batch size.
 
 Scores are ``|W| * scale[c]``; the lowest-scoring weights of every output row are pruned
 (exactly ``int(d_in * sparsity)`` per row), or ``n`` of every ``m`` consecutive inputs
-per row for N:M.
+per row for N:M. ``preserve_zeros`` ranks weights that are already zero first, so they fill
+the quota and stay pruned even where they exceed it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "accumulate_statistic",
     "batch_contribution",
     "column_scale",
+    "count_over_target",
     "fold_contribution",
     "prune_mask",
 ]
@@ -41,13 +46,16 @@ def batch_contribution(
     inputs: torch.Tensor,
     token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """One batch's column contribution ``[d_in]`` and row count.
+    """One batch's column contribution ``[d_in]`` and sample count (rows of the batch).
 
-    ``rms``: ``Σ_tokens (w x)²``; ``sum_of_norms``: ``Σ_rows ||w ⊙ X_row[:, c]||₂``.
+    ``rms``: ``Σ_tokens (w x)²``, as ``torch.norm(·, p=2, dim=1) ** 2`` over the columns
+    ``[d_in, tokens]`` (llm-compressor's operations and layout); ``sum_of_norms``:
+    ``Σ_rows ||w ⊙ X_row[:, c]||₂``.
     """
-    x = weighted_rows(inputs, token_weights)
+    x = weighted_rows(inputs, token_weights)  # [B, T, d_in]
     if statistic == "rms":
-        return x.pow(2).sum(dim=(0, 1)), x.shape[0]
+        columns = x.reshape(-1, x.shape[-1]).t()  # [d_in, B * T]: upstream's view, not a copy
+        return torch.norm(columns, p=2, dim=1) ** 2, x.shape[0]
     if statistic == "sum_of_norms":
         return x.pow(2).sum(dim=1).sqrt().sum(dim=0), x.shape[0]
     raise ValueError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
@@ -66,7 +74,7 @@ def fold_contribution(
     if state is None:
         state = torch.zeros(contribution.shape[-1], dtype=SCORING_DTYPE, device=contribution.device)
     if statistic == "rms":
-        # Same running mean as llm-compressor's accumulate_row_scalars.
+        # llm-compressor's accumulate_row_scalars, operation for operation (bit for bit).
         state = state * (num_samples / (num_samples + added))
         state = state + contribution / (num_samples + added)
     else:
@@ -106,15 +114,23 @@ def prune_mask(
     sparsity: float,
     prune_n: int = 0,
     prune_m: int = 0,
+    *,
+    preserve_zeros: bool = False,
 ) -> torch.Tensor:
     """Boolean mask of weights to zero (True = prune) for Wanda scores ``|W| * scale``.
 
     Unstructured: per output row, the ``int(d_in * sparsity)`` lowest scores (stable sort,
     so ties resolve by column order and results are reproducible). N:M: in each row, the
     ``prune_n`` lowest scores of every group of ``prune_m`` consecutive columns.
+    ``preserve_zeros``: weights that are exactly 0 rank below every other score, so they
+    count towards each row's quota (each group's ``prune_n``) and are all pruned, also where
+    a row or group already holds more zeros than the target (:func:`count_over_target`).
     """
     rows, cols = weight.shape
     score = weight.abs().to(SCORING_DTYPE) * scale.to(device=weight.device, dtype=SCORING_DTYPE).reshape(1, -1)
+    zeros = weight == 0 if preserve_zeros else None
+    if zeros is not None:
+        score = score.masked_fill(zeros, float("-inf"))
     if prune_n:
         if cols % prune_m:
             raise ValueError(
@@ -123,8 +139,17 @@ def prune_mask(
             )
         groups = score.reshape(rows, cols // prune_m, prune_m)
         order = torch.argsort(groups, dim=-1, stable=True)[..., :prune_n]
-        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True)
-        return mask.reshape(rows, cols)
-    k = int(cols * sparsity)
-    order = torch.sort(score, dim=-1, stable=True).indices[:, :k]
-    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True).reshape(rows, cols)
+    else:
+        k = int(cols * sparsity)
+        order = torch.sort(score, dim=-1, stable=True).indices[:, :k]
+        mask = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+    return mask if zeros is None else mask | zeros
+
+
+def count_over_target(weight: torch.Tensor, sparsity: float, prune_n: int = 0, prune_m: int = 0) -> int:
+    """How many rows (unstructured) or N:M groups already hold more zeros than the target."""
+    zeros = weight == 0
+    if prune_n:
+        return int((zeros.reshape(weight.shape[0], -1, prune_m).sum(dim=-1) > prune_n).sum())
+    return int((zeros.sum(dim=1) > int(weight.shape[1] * sparsity)).sum())

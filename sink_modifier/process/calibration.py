@@ -291,7 +291,8 @@ def build_calibration(
     if mask_token_id is not None and isinstance(vocab_size, int) and mask_token_id >= vocab_size:
         raise ValueError(
             f"mask_token_id={mask_token_id} is outside the model's vocabulary "
-            f"(vocab_size={vocab_size}); pass the model's own mask token id"
+            f"(vocab_size={vocab_size}); pass the model's own mask token with --mask-token-id N "
+            "(mask_token_id=N in Python)"
         )
 
     if isinstance(source, torch.Tensor):
