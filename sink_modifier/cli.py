@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from sink_modifier import console
-from sink_modifier.commands import analyze, evaluate, export_onnx, families, generate, prune, verify
+from sink_modifier.commands import analyze, evaluate, export_onnx, families, generate, prune, sweep, verify
 
 __all__ = ["build_parser", "main"]
 
@@ -21,6 +21,7 @@ __all__ = ["build_parser", "main"]
 COMMANDS = {
     "prune": prune,
     "eval": evaluate,
+    "sweep": sweep,
     "verify": verify,
     "families": families,
     "analyze": analyze,

@@ -33,6 +33,15 @@ CASES = {
     "sparsegpt_2of4_float64_basic": (
         "sparsegpt", dict(mask_structure="2:4", block_size=16, hessian_dtype="float64"), 3, "basic"
     ),
+    # ELBO row weights (mean over each share's rows = over all rows), masked positions, OWL (sums gathered)
+    "wanda_elbo_masked_owl": (
+        "wanda", dict(sparsity=0.5, timestep_weighting="elbo", masked_position_weight=0.7,
+                      sparsity_profile="owl", owl_m=3, owl_lmbda=0.05), 1, "sequential"
+    ),
+    "sparsegpt_float64_elbo_owl_basic": (
+        "sparsegpt", dict(sparsity=0.5, block_size=16, hessian_dtype="float64", timestep_weighting="elbo",
+                          sparsity_profile="owl", owl_m=3, owl_lmbda=0.05), 3, "basic"
+    ),
 }
 
 

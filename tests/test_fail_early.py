@@ -385,3 +385,20 @@ def test_weights_that_pass_the_header_check_but_fail_to_load_are_one_value_error
     weights.write_bytes(raw[:8] + text + raw[8 + length:])
     with pytest.raises(ValueError, match=r"cannot load the weights of .*odd.*re-save or re-download the checkpoint"):
         load_pretrained(folder)
+
+
+# -- a modifier option the model's calibration rows cannot serve (issue 13's options) -------------
+@pytest.mark.parametrize("option, extra, expected", [
+    ("masked_position_weight: 0.8", ["--family", "causal"], "leave masked_position_weight unset"),
+    ("timestep_weighting: elbo", ["--timesteps", "0,0.5"], "t = 0"),
+])
+def test_a_diffusion_option_on_clean_rows_is_refused_before_loading(tmp_path, text_file, tiny_llama_dir, capsys,
+                                                                    loads, option, extra, expected):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(Path(RECIPE).read_text().replace("statistic: rms", f"statistic: rms\n      {option}"))
+    out = tmp_path / "o"
+    argv = prune_args(tiny_llama_dir, text_file, out, *extra)  # clean rows: a causal model, or t = 0
+    argv[argv.index("--recipe") + 1] = str(recipe)
+    line = refused(capsys, argv)
+    assert expected in line, line
+    assert nothing_written(out) and loads == []

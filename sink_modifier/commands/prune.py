@@ -182,6 +182,9 @@ def prune_checkpoint(
             f"nothing to noise at timesteps {timesteps}; leave out --timesteps (or pass --timesteps 0), or "
             "name a diffusion family with --family"
         )
+    for modifier in checked_recipe.modifiers:  # a modifier option this family or grid cannot serve
+        if hasattr(modifier, "check_calibration_plan"):
+            modifier.check_calibration_plan(family=chosen, timesteps=timesteps)
     seq_len = model.seq_len(seq_len)
     # Text is read and decoded once, here; the windows go to the calibration builder as they are.
     documents = None if isinstance(data, torch.Tensor) else load_documents(data, max_chars=max_chars)

@@ -17,8 +17,20 @@ batch's token ids with all modifier hooks disabled, reads the attention mass
 batch index. The Linear hooks then look the weights up by ``current_batch_idx``. In the
 sequential pipeline the embedding subgraph runs for all batches before any decoder
 layer, so every mask comes from the dense model, as in the paper. ``sink_weighting:
-false`` hangs no such hook and skips the sink pass: the modifier is then upstream's
+false`` (with ``timestep_weighting``, ``masked_position_weight`` and ``sparsity_profile`` at
+their defaults) hangs no such hook and skips the sink pass: the modifier is then upstream's
 (``WandaPruningModifier`` / ``SparseGPTModifier``) bit for bit, on any module tree.
+
+The same hook serves the diffusion-aware options, which need each batch's token ids or
+index: ``masked_position_weight`` and ``timestep_weighting`` multiply the batch's token
+weights by per-position and per-row factors (:mod:`sink_modifier.modifiers.row_weighting`;
+each row's timestep from the rows' table), so they work per row in either pipeline and do
+not depend on the batch size. OWL (``sparsity_profile: owl``) runs one more dense forward of
+the batch there, collecting every pruned Linear's column sums of its (weighted) squared
+inputs with plain torch hooks; before the first layer is pruned (the first sequential epoch
+end, when every batch has passed the embedding) the per-layer sparsities are computed from
+them with upstream's formula (:mod:`sink_modifier.modifiers.owl`), the ranks' sums gathered
+in rank order under ``torchrun``.
 
 What the sink pass costs (:func:`sink_modifier.sinks.global_attention_mass`):
 
@@ -53,17 +65,35 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from compressed_tensors.utils import align_module_device
 from loguru import logger
-from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from llmcompressor.core import State, active_session
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 from llmcompressor.modifiers.utils.hooks import HooksMixin
 
+from sink_modifier.modifiers.data_parallel import check_same_modules, gather_contributions, is_data_parallel
 from sink_modifier.modifiers.finite_fields import check_finite
+from sink_modifier.modifiers.owl import (
+    activation_norms,
+    batch_square_sums,
+    layer_scores,
+    outlier_ratio,
+    owl_layer_sparsities,
+)
+from sink_modifier.modifiers.row_weighting import (
+    elbo_row_weights,
+    masked_position_weights,
+    mean_inverse_timestep,
+    token_input_factors,
+)
+from sink_modifier.modifiers.weighted_inputs import SCORING_DTYPE, weighted_rows
 from sink_modifier.process.calibration import CalibrationSet
 from sink_modifier.process.rows import RowTable
 from sink_modifier.sinks import global_attention_mass, soft_sink_mask
+from sink_modifier.sinks.mask_cache import CalibrationCache
+from sink_modifier.sinks.onload import onload_one_module_at_a_time
 from sink_modifier.sinks.stability import apply_sink_policy
 from sink_modifier.sparsity_pattern import parse_mask_structure
 
@@ -105,6 +135,33 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         this field (for ``oneshot()`` users without a family) > the attached family's (its
         forward process, as in the attached calibration set) > the family detected from
         ``model.config`` (``config.mask_token_id``).
+    :param sink_cache_dir: a folder where each calibration batch's sink weights are kept and
+        reused by later runs on the same dense weights, rows and sink settings (a sparsity
+        sweep runs the sink pass once); entries are verified and recomputed when they do not
+        match (:mod:`sink_modifier.sinks.mask_cache`). ``None`` (default): no cache. Results are
+        bit-identical with or without it; it is not written into the saved recipe.
+    :param timestep_weighting: ``uniform`` (default): every calibration row counts the same.
+        ``elbo``: row ``r``'s contribution to the statistic (Wanda's squared column norms,
+        SparseGPT's Hessian term) is multiplied by the ELBO weight ``1 / t_r``, normalised to mean
+        1 over the calibration rows (:mod:`sink_modifier.modifiers.row_weighting`); clean rows
+        (``t = 0``) are refused. A row's timestep comes from the calibration rows' table, so the
+        DataLoader must be :meth:`CalibrationSet.dataloader(...)
+        <sink_modifier.process.calibration.CalibrationSet.dataloader>` (or the set attached).
+    :param masked_position_weight: ``None`` (default): off. ``λ`` in ``[0, 1]``: each row's
+        statistic is ``n * (λ * mean over masked positions + (1 - λ) * mean over visible
+        positions)`` of the (sink-weighted) squared inputs, ``n`` its tokens, so masked positions
+        (the token ids equal to the mask token, :meth:`resolved_mask_token_id`) supply the share
+        ``λ`` of it; ``λ`` equal to a row's masked fraction leaves it unchanged. Needs a model
+        whose forward process masks (refused for uniform substitution, e.g. DiffusionGemma).
+    :param sparsity_profile: ``"owl"`` with ``owl_m`` and ``owl_lmbda`` (all three or none, as
+        upstream): per-layer sparsities from OWL's outlier ratios, computed during calibration
+        from the same rows, weighted like the statistic, and applied before the first layer is
+        pruned (:mod:`sink_modifier.modifiers.owl`); they average to ``sparsity`` over the
+        layers (the pipeline's sequential targets, e.g. decoder blocks) and are reported by
+        :attr:`owl_layer_sparsity`. Unstructured only (``mask_structure: "0:0"``), one ``sparsity``.
+    :param owl_m: OWL's outlier threshold ``M``: a weight is an outlier when its score
+        ``|W| * ||X||`` exceeds ``M`` times its layer's mean score (> 0; the paper uses 5).
+    :param owl_lmbda: OWL's ``λ``: layer sparsities lie within ``sparsity ± 2 * owl_lmbda`` (>= 0).
     """
 
     sparsity: float | list[float] | None = None
@@ -117,6 +174,9 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     policy_unstable_std: float = 0.2
     policy_stable_mean: float = 0.5
     mask_token_id: int | None = None
+    sink_cache_dir: str | None = Field(default=None, exclude=True)
+    timestep_weighting: Literal["uniform", "elbo"] = "uniform"
+    masked_position_weight: float | None = None
 
     _model: torch.nn.Module | None = PrivateAttr(default=None)
     _token_weights: dict[int, torch.Tensor | None] = PrivateAttr(default_factory=dict)
@@ -127,6 +187,13 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     _attached_calibration: CalibrationSet | None = PrivateAttr(default=None)
     _rows: RowTable | None = PrivateAttr(default=None)
     _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
+    _mean_inverse_timestep: float | None = PrivateAttr(default=None)
+    _masked_token: int | None = PrivateAttr(default=None)
+    _owl_layers: dict[str, torch.nn.Module] = PrivateAttr(default_factory=dict)
+    _owl_sums: dict[torch.nn.Module, list[torch.Tensor]] = PrivateAttr(default_factory=dict)
+    _owl_sparsity: dict[str, float] | None = PrivateAttr(default=None)
+    _cache: CalibrationCache | None = PrivateAttr(default=None)
+    _cache_counts: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
 
     # -- validation (fails at recipe load, naming the field) ------------------------
     @field_validator("*", mode="after")
@@ -163,6 +230,41 @@ class SinkAwareSparsityBase(SparsityModifierBase):
             raise ValueError(f"attention_chunk_size must be >= 1 or null, got {value}")
         return value
 
+    @field_validator("masked_position_weight")
+    @classmethod
+    def _check_masked_weight(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"masked_position_weight must be in [0, 1] or null (off), got {value}; e.g. 0.75 gives "
+                "the masked positions three quarters of each row's statistic"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_owl(self):
+        if self.sparsity_profile != "owl" or self.owl_m is None or self.owl_lmbda is None:
+            return self  # upstream's validator refuses an incomplete OWL setting
+        if self.mask_structure != "0:0":
+            raise ValueError(
+                f"sparsity_profile 'owl' sets one sparsity per layer, which mask_structure "
+                f"{self.mask_structure!r} ignores (N:M prunes N of every M weights in every layer); "
+                "use mask_structure '0:0' or drop sparsity_profile, owl_m and owl_lmbda"
+            )
+        if not isinstance(self.sparsity, float):
+            raise ValueError(
+                f"sparsity_profile 'owl' needs one target sparsity (a number), got {self.sparsity!r}; "
+                "OWL derives the per-layer values itself"
+            )
+        if self.owl_m <= 0:
+            raise ValueError(
+                f"owl_m must be > 0 (outlier threshold, a multiple of the layer's mean score), got {self.owl_m}"
+            )
+        if self.owl_lmbda < 0:
+            raise ValueError(
+                f"owl_lmbda must be >= 0 (layer sparsities span sparsity ± 2 * owl_lmbda), got {self.owl_lmbda}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_sparsity_given(self):
         if self.sparsity is None and self.mask_structure == "0:0":
@@ -194,20 +296,89 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         self._model = state.model
         self._model_family = self._attached_family  # None: detected on first use, for this model
         self._rows = self._row_table(getattr(getattr(state, "data", None), "calib", None))
-        if self.sink_weighting and self._input_embedding() is None:
+        self._mean_inverse_timestep = self._elbo_normaliser() if self.timestep_weighting == "elbo" else None
+        self._masked_token = self._masked_position_token() if self.masked_position_weight is not None else None
+        if self._needs_batch_hook() and self._input_embedding() is None:
             raise ValueError(
                 f"{type(state.model).__name__} has no input embedding (get_input_embeddings() "
-                "returned None); sink-aware pruning needs it to see each batch's token ids"
+                f"returned None); {self._batch_hook_reason()} needs it to see each batch's token ids"
             )
         return True
+
+    def _weights_rows(self) -> bool:
+        """Whether the Linears' input rows are weighted (else: upstream's statistic on the raw inputs)."""
+        return self.sink_weighting or self.timestep_weighting != "uniform" or self.masked_position_weight is not None
+
+    def _needs_batch_hook(self) -> bool:
+        """Whether each batch's token ids must be seen (the input embedding's pre-hook)."""
+        return self._weights_rows() or self.sparsity_profile == "owl"
+
+    def _batch_hook_reason(self) -> str:
+        reasons = [name for name, on in (
+            ("sink weighting", self.sink_weighting),
+            (f"timestep_weighting={self.timestep_weighting!r}", self.timestep_weighting != "uniform"),
+            ("masked_position_weight", self.masked_position_weight is not None),
+            ("sparsity_profile='owl'", self.sparsity_profile == "owl"),
+        ) if on]
+        return " and ".join(reasons)
+
+    def _elbo_normaliser(self) -> float:
+        """``mean(1 / t)`` over the calibration rows (refused without their row table, or with clean rows)."""
+        if self._rows is None:
+            raise ValueError(
+                "timestep_weighting 'elbo' weights each calibration row by its timestep, but this "
+                "calibration DataLoader carries no row table (the window and timestep of each row): "
+                "calibrate on CalibrationSet.dataloader(...) (sink-modifier prune does this), or attach "
+                "the set with modifier.attach(calibration=...)"
+            )
+        return mean_inverse_timestep(self._rows.timestep)
+
+    def check_calibration_plan(self, *, family=None, timesteps=None, calibration: CalibrationSet | None = None) -> None:
+        """Refuse, before any weight is read, what ``on_initialize`` would refuse for this model family,
+        timestep grid or calibration set: ``masked_position_weight`` where the forward process masks
+        nothing (uniform substitution, clean rows of a causal model), ``timestep_weighting: elbo``
+        with clean rows (``t = 0``). Raises ``ValueError``; a no-op with both options off."""
+        if self.masked_position_weight is not None:
+            uniform = family is not None and getattr(family, "uniform_noise", False)
+            substitutes = calibration is not None and calibration.process is not None and calibration.mask_token_id is None
+            if uniform or substitutes:
+                name = f"the {family.name} family's" if family is not None else "the calibration set's"
+                raise ValueError(
+                    f"masked_position_weight weights the positions the forward process masks, but {name} "
+                    "forward process substitutes uniform random tokens (no position holds a mask token); "
+                    "leave masked_position_weight unset"
+                )
+            causal = family is not None and not getattr(family, "diffusion", True)
+            if causal or (calibration is not None and calibration.process is None):
+                raise ValueError(
+                    "masked_position_weight weights masked positions, but the calibration rows of a causal model "
+                    "are clean (nothing is masked); leave masked_position_weight unset"
+                )
+        if self.timestep_weighting == "elbo":
+            for grid in (timesteps, getattr(calibration, "timesteps", None)):
+                if grid is not None:
+                    mean_inverse_timestep(torch.tensor(list(grid), dtype=torch.float64))
+
+    def _masked_position_token(self) -> int:
+        """The mask token whose positions ``masked_position_weight`` weights; refused where nothing masks."""
+        self.check_calibration_plan(family=self._family(), calibration=self._attached_calibration)
+        mask_id = self.resolved_mask_token_id()
+        if mask_id is None:
+            raise ValueError(
+                "masked_position_weight needs the model's mask token, and neither the family nor "
+                "config.mask_token_id names one: set mask_token_id in the recipe (e.g. 126336 for LLaDA)"
+            )
+        return int(mask_id)
 
     def on_calibration_start(self, state: State, event, **kwargs):
         super().on_calibration_start(state, event, **kwargs)  # Linear hooks
         self._warn_if_head_pruned()
-        if not self.sink_weighting:  # upstream's algorithm: the Linear hooks are all it needs
+        self._owl_sums, self._owl_sparsity = dict(), None
+        if not self._needs_batch_hook():  # upstream's algorithm: the Linear hooks are all it needs
             return
         self.register_hook(self._model, self._capture_attention_mask, "forward_pre", with_kwargs=True)
         self.register_hook(self._input_embedding(), self._start_batch, "forward_pre")
+        self._cache = self._open_cache()
 
     def _warn_if_head_pruned(self) -> None:
         """Say so when the output head is among the pruned modules.
@@ -231,6 +402,8 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     def on_calibration_end(self, state: State, event, **kwargs):
         super().on_calibration_end(state, event, **kwargs)
         self._token_weights = dict()
+        if self._cache is not None:
+            self._cache_counts, self._cache = self._cache.counts, None
 
     def _finalize_checks(self, state: State, pending: dict) -> None:
         if not self.ended_:
@@ -293,7 +466,48 @@ class SinkAwareSparsityBase(SparsityModifierBase):
         if valid is not None and (valid.shape != input_ids.shape or bool(valid.all())):
             valid = None
         with HooksMixin.disable_hooks():
-            self._token_weights[batch_idx] = self.batch_token_weights(input_ids, valid)
+            sinks = self._cached_token_weights(input_ids, valid) if self.sink_weighting else None
+            self._token_weights[batch_idx] = self.diffusion_weights(batch_idx, input_ids, valid, sinks)
+            if self.sparsity_profile == "owl":
+                self._owl_batch(input_ids, valid, self._token_weights[batch_idx])
+
+    # -- the sink cache (sink_cache_dir) -------------------------------------------------
+    def _open_cache(self) -> CalibrationCache | None:
+        if self.sink_cache_dir is None or not self.sink_weighting:
+            return None
+        mode = getattr(self, "sink_mask_mode", "per_row")  # SparseGPT's; Wanda's masks are per_row
+        settings = {name: getattr(self, name) for name in
+                    ("sink_std", "sink_alpha", "sink_policy", "policy_unstable_std", "policy_stable_mean")}
+        settings.update(sink_mask_mode=mode, family=self._family().name, mask_token_id=self.resolved_mask_token_id())
+        # The query-block size changes the last bits of the mass once it splits the sequence, and the
+        # summation order / score dtype differ between modes (sinks.mass: reference = the paper's
+        # collector); both are keyed so a hit always equals the run it replaces bit for bit.
+        settings.update(attention_chunk_size=self.attention_chunk_size,
+                        mass_collector="paper" if mode == "reference" else "default")
+        if mode != "per_row":
+            settings.update({name: getattr(self, name) for name in ("reference_timesteps", "reference_eps", "seed")})
+        return CalibrationCache(self.sink_cache_dir, self._model, settings)
+
+    @property
+    def cache_counts(self) -> dict[str, dict[str, int]]:
+        """What the last calibration took from ``sink_cache_dir``: ``{"token_weights": {"hits", "misses"}, ...}``."""
+        counts = self._cache.counts if self._cache is not None else self._cache_counts
+        return {kind: dict(outcomes) for kind, outcomes in counts.items()}
+
+    def _cached_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`batch_token_weights`, through the cache when there is one (keyed by this batch's inputs)."""
+        if self._cache is not None:
+            try:
+                self._cache.model_digest  # the dense weights, read once per run
+            except ValueError as err:  # no readable copy of some weight (meta): run without the cache
+                logger.warning(f"sink_cache_dir {self.sink_cache_dir} is not used: {err}")
+                self._cache = None
+        if self._cache is None:
+            return self.batch_token_weights(input_ids, valid)
+        call = {f"call.{k}": v for k, v in (self._pending_call or {}).items() if isinstance(v, torch.Tensor)}
+        return self._cache.token_weights(
+            {"input_ids": input_ids, "valid": valid, **call}, lambda: self.batch_token_weights(input_ids, valid)
+        )
 
     def sink_mass(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Global attention mass ``[B, T]`` of ``input_ids`` under the (dense) model."""
@@ -347,18 +561,23 @@ class SinkAwareSparsityBase(SparsityModifierBase):
     def weights_for(self, module: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The current batch's token weights aligned with a Linear's ``inputs``: ``([B,T,d], [B,T] | None)``.
 
-        With ``sink_weighting`` off: ``(inputs, None)``, the inputs as upstream sees them (any
-        layer type, padding included).
+        With ``sink_weighting`` off and the row weightings at their defaults: ``(inputs, None)``,
+        the inputs as upstream sees them (any layer type, padding included).
         """
-        if not self.sink_weighting:
+        if not self._weights_rows():
             return inputs, None
         batch_idx = active_session().state.current_batch_idx
         if batch_idx not in self._token_weights:
             raise RuntimeError(
-                f"no sink weights for calibration batch {batch_idx} at {self._module_names[module]}: "
+                f"no token weights for calibration batch {batch_idx} at {self._module_names[module]}: "
                 "the model's input embedding did not run before this layer"
             )
-        weights = self._token_weights[batch_idx]
+        return self._aligned(module, inputs, self._token_weights[batch_idx])
+
+    def _aligned(
+        self, module: torch.nn.Module, inputs: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``inputs`` as ``[B, T, d]`` and ``weights`` as ``[B, T]``, or a ValueError when they do not line up."""
         if inputs.dim() == 2:
             inputs = inputs.unsqueeze(0)
             if weights is not None and weights.numel() == inputs.shape[1]:
@@ -369,3 +588,128 @@ class SinkAwareSparsityBase(SparsityModifierBase):
                 f"which do not line up with the batch's tokens {tuple(weights.shape)}; add it to `ignore`"
             )
         return inputs, weights
+
+    # -- diffusion-aware row weights (timestep_weighting, masked_position_weight) --------
+    def _row_weight_power(self) -> float:
+        """How a row's weight enters its inputs: 0.5 for statistics of squared inputs (Hessians, Wanda rms)."""
+        return 0.5
+
+    def diffusion_weights(
+        self, batch_idx: int, input_ids: torch.Tensor, valid: torch.Tensor | None, sinks: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """One batch's token input factors ``[B, T]``: the sink weights ``sinks`` (or ``None``) times the
+        masked-position and timestep weights that are on (:mod:`sink_modifier.modifiers.row_weighting`).
+        With both off: ``sinks`` itself."""
+        if self.timestep_weighting == "uniform" and self.masked_position_weight is None:
+            return sinks
+        positions = rows = None
+        if self.masked_position_weight is not None:
+            positions = masked_position_weights(input_ids == self._masked_token, valid, self.masked_position_weight)
+        if self.timestep_weighting == "elbo":
+            _, timesteps = self._rows.batch(batch_idx)
+            if timesteps.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"calibration batch {batch_idx} holds {input_ids.shape[0]} rows but the row table lists "
+                    f"{timesteps.shape[0]}: the DataLoader is not the one its row table describes"
+                )
+            rows = elbo_row_weights(timesteps, self._mean_inverse_timestep)
+        factors = token_input_factors(
+            tuple(input_ids.shape), sinks, positions, rows, row_power=self._row_weight_power()
+        )
+        return factors.to(input_ids.device)
+
+    # -- OWL layer sparsities (sparsity_profile: owl) ------------------------------------
+    def _infer_owl_layer_sparsity(self, model, layers, dataloader):
+        """Upstream runs a calibration pass here, inside ``on_initialize`` (which 0.14 refuses); this
+        modifier only notes the layers and computes their sparsities during calibration."""
+        self._owl_layers = dict(layers)
+        return self.sparsity
+
+    @property
+    def owl_layer_sparsity(self) -> dict[str, float]:
+        """OWL's target sparsity of each layer (empty without ``sparsity_profile: owl``, or before pruning)."""
+        return dict(self._owl_sparsity or {})
+
+    def _owl_batch(self, input_ids: torch.Tensor, valid: torch.Tensor | None, weights: torch.Tensor | None) -> None:
+        """One dense forward of this batch collecting each pruned module's ``Σ (w x)²`` per input column."""
+        sums: dict[torch.nn.Module, torch.Tensor] = {}
+
+        def collect(module, args):
+            inputs, aligned = self._aligned(module, args[0].detach(), weights)
+            contribution = batch_square_sums(weighted_rows(inputs, aligned))
+            sums[module] = contribution if module not in sums else sums[module] + contribution
+
+        extra = self._family().sink_pass(self._model, input_ids, self._pending_call)
+        call = dict(extra.get("forward_kwargs") or {})
+        call.update(extra.get("forward_inputs") or {"input_ids": input_ids})
+        if valid is not None:
+            call["attention_mask"] = valid
+        handles = [module.register_forward_pre_hook(collect) for module in self._module_names]
+        try:
+            with torch.no_grad(), onload_one_module_at_a_time():
+                self._model(**call)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for module in self._module_names:
+            found = sums.get(module)
+            if found is None:  # not run on this batch (an expert no token was routed to)
+                found = torch.zeros(module.weight.shape[-1], dtype=SCORING_DTYPE)
+            self._owl_sums.setdefault(module, []).append(found.cpu())
+
+    def _resolve_owl(self) -> None:
+        """Set every pruned module's sparsity to its layer's OWL sparsity (once, before the first prune)."""
+        if self.sparsity_profile != "owl" or self._owl_sparsity is not None:
+            return
+        modules = sorted(self._module_names, key=lambda m: self._module_names[m])
+        if not modules:
+            self._owl_sparsity = {}
+            return
+        if any(not self._owl_sums.get(m) for m in modules):
+            raise RuntimeError("sparsity_profile 'owl': no calibration batch reached the input embedding")
+        per_batch = {m: torch.stack(self._owl_sums.pop(m)) for m in modules}  # [batches, d_in]
+        if is_data_parallel():  # every rank's batches, in rank order: the sums of one process
+            check_same_modules([self._module_names[m] for m in modules], type(self).__name__)
+            widths = [per_batch[m].shape[1] for m in modules]
+            stacked, _ = gather_contributions(
+                torch.cat([per_batch[m] for m in modules], dim=1),
+                torch.zeros(per_batch[modules[0]].shape[0], dtype=torch.long),
+            )
+            per_batch = dict(zip(modules, torch.split(stacked, widths, dim=1)))
+        norms = {m: activation_norms(list(per_batch[m])) for m in modules}
+        groups: dict[str, list[torch.nn.Module]] = {}  # layer -> its pruned modules, in the layer's order
+        placed: set[int] = set()
+        pruned = {id(m) for m in modules}
+        for name, layer in self._owl_layers.items():
+            members = [m for m in layer.modules() if id(m) in pruned and id(m) not in placed]
+            placed.update(id(m) for m in members)
+            if members:
+                groups[name] = members
+        ratios = {}
+        with onload_one_module_at_a_time():  # not the whole model onloaded at once (sequential pipeline)
+            for name, members in groups.items():
+                weights = []
+                for module in members:
+                    with align_module_device(module):
+                        weights.append(module.weight.detach().cpu().clone())
+                ratios[name] = outlier_ratio(layer_scores(weights, [norms[m] for m in members]), self.owl_m)
+        targets = owl_layer_sparsities(ratios, self.sparsity, self.owl_lmbda)
+        outside = [n for n, s in targets.items() if not 0.0 <= s <= 1.0]
+        if outside:
+            raise ValueError(
+                f"sparsity_profile 'owl' gives layer {outside[0]} sparsity {targets[outside[0]]:.4f}, outside "
+                f"[0, 1] (target {self.sparsity}, owl_lmbda {self.owl_lmbda}): lower owl_lmbda (layer "
+                "sparsities lie within sparsity ± 2 * owl_lmbda)"
+            )
+        for name, members in groups.items():
+            for module in members:
+                self._module_sparsities[module] = targets[name]
+        self._owl_sparsity = targets
+        logger.info(
+            f"{type(self).__name__}: OWL layer sparsities (mean {sum(targets.values()) / max(len(targets), 1):.4f}, "
+            f"target {self.sparsity}): " + ", ".join(f"{k} {v:.4f}" for k, v in targets.items())
+        )
+
+    def on_sequential_epoch_end(self, state: State, event, **kwargs):
+        self._resolve_owl()  # every batch has passed the embedding: the sums are complete
+        super().on_sequential_epoch_end(state, event, **kwargs)

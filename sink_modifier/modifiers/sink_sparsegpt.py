@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from compressed_tensors.utils import align_module_device, get_execution_device, update_offload_parameter
 from loguru import logger
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from llmcompressor.core import State
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import (
@@ -58,7 +58,7 @@ from sink_modifier.modifiers.data_parallel import (
 )
 from sink_modifier.modifiers.sink_base import SinkAwareSparsityBase
 from sink_modifier.modifiers.weighted_inputs import weighted_rows
-from sink_modifier.sinks import soft_sink_mask
+from sink_modifier.sinks import PAPER_COLLECTOR, global_attention_mass, soft_sink_mask
 
 __all__ = ["SinkAwareSparseGPTModifier"]
 
@@ -135,6 +135,20 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
             raise ValueError(f"reference_timesteps must be a non-empty list of t in (0, 1], got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _check_reference_rows(self):
+        if self.sink_mask_mode != "reference":
+            return self
+        for name, on in (("timestep_weighting: elbo", self.timestep_weighting != "uniform"),
+                         ("masked_position_weight", self.masked_position_weight is not None)):
+            if on:
+                raise ValueError(
+                    f"{name} weights noised calibration rows, but sink_mask_mode 'reference' calibrates on "
+                    "clean rows (t = 0, nothing masked; only the sink masks are noised); use sink_mask_mode "
+                    f"'per_row' or leave {name.split(':')[0]} at its default"
+                )
+        return self
+
     # -- calibration -----------------------------------------------------------------
     def calibrate_module(self, module: torch.nn.Module, args, _output):
         inputs, weights = self.weights_for(module, args[0].detach())
@@ -146,7 +160,7 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
         hessian = self._hessians[module]
         if self.offload_hessians:
             hessian = hessian.to(get_execution_device(module))
-        x = weighted_rows(inputs, weights)
+        x = weighted_rows(inputs, weights, in_input_dtype=self.sink_mask_mode == "reference")
         if self.hessian_dtype == "float64":  # a plain sum: exact products, float64 additions
             flat = x.reshape(-1, x.shape[-1]).to(device=hessian.device, dtype=torch.float64)
             hessian += 2.0 * (flat.T @ flat)
@@ -171,12 +185,18 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
                 process.noise_row(row.cpu(), t, row_generator(self.seed, key, j))
                 for row, key in zip(input_ids, keys)
             ]).to(input_ids.device)
-            mass = self.sink_mass(noised, valid)
+            extra = self._family().sink_pass(self._model, noised, self._pending_call)  # as sink_mass, but
+            mass = global_attention_mass(  # in the paper's reduction order and score formula
+                self._model, noised, valid, chunk_size=self.attention_chunk_size, **extra, **PAPER_COLLECTOR
+            )
             per_timestep.append(soft_sink_mask(mass, self.sink_std, self.sink_alpha, valid))
         sinks = torch.stack(per_timestep, dim=1)  # [B, K, T]
         if self.sink_policy != "all":
             sinks = torch.stack([self.policy_masks(sample) for sample in sinks])
-        weights = 1.0 - sinks.mean(dim=1)  # the paper's timestep-averaged mask
+        total = torch.zeros_like(sinks[:, 0])
+        for j in range(sinks.shape[1]):  # in timestep order, as the paper's loop (mean(dim=1) sums in another)
+            total += sinks[:, j]
+        weights = 1.0 - total / float(sinks.shape[1])  # the paper's timestep-averaged mask
         return weights if valid is None else weights * valid.to(weights)
 
     def _reference_mask_token(self) -> int:

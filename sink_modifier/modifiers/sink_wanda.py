@@ -8,11 +8,11 @@ The sink-mask lifecycle is shared with the other sink-aware modifiers
 from __future__ import annotations
 
 import torch
-from compressed_tensors.utils import align_module_device, update_offload_parameter
+from compressed_tensors.utils import align_module_device, get_execution_device, update_offload_parameter
 from loguru import logger
 from pydantic import PrivateAttr
 
-from llmcompressor.core import State
+from llmcompressor.core import State, active_session
 
 from sink_modifier.modifiers.data_parallel import (
     check_same_modules,
@@ -30,8 +30,12 @@ from sink_modifier.modifiers.wanda_scoring import (
     fold_contribution,
     prune_mask,
 )
+from sink_modifier.sinks.mask_cache import batch_digest, loader_batch_digests, tensors_digest
 
 __all__ = ["SinkAwareWandaPruningModifier"]
+
+# the llm-compressor Modifier's own bookkeeping fields (not settings)
+_LIFECYCLE_FIELDS = {"index", "group", "start", "end", "update", "initialized_", "finalized_", "started_", "ended_"}
 
 
 class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
@@ -57,7 +61,9 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     (ties of equal scores inside an N:M group aside: ours resolve by column order).
 
     :param statistic: ``rms`` (llm-compressor's Wanda statistic on weighted inputs) or
-        ``sum_of_norms`` (the paper code's sum of per-sample L2 norms).
+        ``sum_of_norms`` (the paper code's sum of per-sample L2 norms). With ``timestep_weighting:
+        elbo`` a row's weight multiplies its contribution in both: its squared norms (``rms``)
+        or its norm (``sum_of_norms``).
     :param preserve_sparsity_mask: (upstream Wanda has no such field; this is SparseGPT's
         meaning carried over) weights already exactly zero stay pruned and count towards
         each row's quota ``int(d_in * sparsity)`` (for N:M, towards each group's N); the
@@ -73,6 +79,12 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     bit-identical to one process calibrating on all rows, and every rank computes the same
     masks. Sink masks are per row and computed on the rank that holds the row: nothing to
     combine. See :mod:`sink_modifier.modifiers.data_parallel`.
+
+    With ``sink_cache_dir`` in llm-compressor's ``basic`` pipeline (where no layer sees a pruned
+    one, so the statistics do not depend on the sparsity) the column statistics of the whole
+    run are cached too, keyed by every batch in loader order, and a later run on the same
+    weights, rows and settings skips the sink passes and the accumulation (the pipeline's
+    forward passes still run). Not in the sequential pipeline nor under ``torchrun``.
     """
 
     statistic: Statistic = "rms"
@@ -81,8 +93,66 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     _num_samples: dict[torch.nn.Module, int] = PrivateAttr(default_factory=dict)
     # data-parallel only: this rank's per-batch contributions and row counts, in batch order
     _contributions: dict[torch.nn.Module, list[tuple[torch.Tensor, int]]] = PrivateAttr(default_factory=dict)
+    # sink_cache_dir, basic pipeline: the statistics' cache key ("" = not cached), the batches it covers
+    _stats_key: str | None = PrivateAttr(default=None)
+    _stats_batches: list[str] = PrivateAttr(default_factory=list)
+    _stats_reused: bool = PrivateAttr(default=False)
+
+    def _start_batch(self, module, args):
+        if not self._statistics_reused():
+            super()._start_batch(module, args)
+
+    def _statistics_reused(self) -> bool:
+        """True when this run's statistics came from the cache (then no sink pass is needed)."""
+        if self._stats_key is None:
+            self._stats_key = self._look_up_statistics()
+        if not self._stats_reused:
+            return False
+        batch_idx = active_session().state.current_batch_idx
+        if batch_digest(self._pending_call or {}) != self._stats_batches[batch_idx]:
+            raise RuntimeError(
+                f"calibration batch {batch_idx} differs from the one the cached statistics were keyed by "
+                "(the calibration DataLoader yielded other batches on a second pass); run without sink_cache_dir"
+            )
+        return True
+
+    def _look_up_statistics(self) -> str:
+        """The statistics' key in the basic pipeline (the whole model is called: ``_pending_call``); load a hit."""
+        cache = self._cache
+        if cache is None or self._pending_call is None or is_data_parallel() or self.sparsity_profile == "owl":
+            return ""  # sequential pipeline (statistics depend on the sparsity), ranks, OWL (its own pass)
+        batches = loader_batch_digests(getattr(active_session().state.data, "calib", None))
+        if batches is None:
+            return ""
+        try:
+            cache.model_digest
+        except ValueError:
+            return ""  # the sink pass says why the cache is off
+        names = {name: module for module, name in self._module_names.items()}
+        device = next(v for v in self._pending_call.values() if isinstance(v, torch.Tensor)).device
+        # every setting but those that only act after the statistics (a new field is keyed by default)
+        settings = self.model_dump(exclude={"sparsity", "mask_structure", "preserve_sparsity_mask",
+                                            "attention_chunk_size", *_LIFECYCLE_FIELDS})
+        rows = None if self._rows is None else tensors_digest(  # timestep_weighting reads the rows' t
+            {"window": self._rows.window_index, "timestep": self._rows.timestep})
+        key = cache.statistics_key(device, batches, {"modifier": type(self).__name__, "pipeline": "basic",
+                                                      "fields": settings, "modules": sorted(names), "rows": rows})
+        self._stats_batches = batches
+        found = cache.load_statistics(key)
+        if found is not None and set(found) == {f"{kind}:{n}" for n in names for kind in ("stat", "count")}:
+            for name, module in names.items():
+                self._stats[module] = found[f"stat:{name}"].to(get_execution_device(module))
+                self._num_samples[module] = int(found[f"count:{name}"])
+            self._stats_reused = True
+        return key
+
+    def _row_weight_power(self) -> float:
+        """``sum_of_norms`` adds per-row norms, so a row weight multiplies the row's inputs as is."""
+        return 1.0 if self.statistic == "sum_of_norms" else 0.5
 
     def calibrate_module(self, module: torch.nn.Module, args, _output):
+        if self._stats_reused:
+            return
         inputs, weights = self.weights_for(module, args[0].detach())
         if is_data_parallel():
             contribution, added = batch_contribution(self.statistic, inputs, weights)
@@ -110,6 +180,11 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
 
     def compress_modules(self):
         modules = self._combine_ranks() if is_data_parallel() else list(self._num_samples)
+        if self._stats_key and not self._stats_reused:  # basic pipeline, cache on: keep them for the next run
+            self._cache.store_statistics(self._stats_key, {
+                f"{kind}:{self._module_names[m]}": value for m in modules
+                for kind, value in (("stat", self._stats[m]), ("count", torch.tensor(self._num_samples[m])))
+            })
         for module in modules:
             scale = column_scale(self.statistic, self._stats.pop(module))
             num_samples = self._num_samples.pop(module)
@@ -147,4 +222,5 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
         self._finalize_checks(state, self._num_samples)
         self._stats = dict()
         self._contributions = dict()
+        self._stats_key, self._stats_batches, self._stats_reused = None, [], False
         return True

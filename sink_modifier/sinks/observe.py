@@ -30,6 +30,14 @@ function cannot be found keep plain eager attention.
 (the last layer's MLP, the final norm and the LM head are never computed) and, for a model
 dispatched with compressed-tensors offloading, onloads weights one module at a time
 (:mod:`sink_modifier.sinks.onload`).
+
+``order`` / ``scores`` (:mod:`sink_modifier.sinks.mass`; ``**PAPER_COLLECTOR`` for the
+paper's ``attn_collector``) choose the reduction order and, for the SDPA channel, the score
+formula. Layers are summed in call order from the first layer's mass, as the paper's
+collector does from zeros. The eager channels reduce the probabilities the model's eager
+attention returns; those are the collector's bit for bit for a float32 model whose
+``1/sqrt(head_dim)`` is exact (head_dim 16, 64, 256), but transformers rounds them to the
+model's dtype, so ``scores`` cannot apply there.
 """
 
 from __future__ import annotations
@@ -42,7 +50,15 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from sink_modifier.families.modules import attention_modules as find_attention_modules
-from sink_modifier.sinks.mass import _mask_block, mass_from_probabilities, mass_from_query_key, query_chunk_size
+from sink_modifier.sinks.mass import (
+    MassOrder,
+    ScoreFormula,
+    _mask_block,
+    mass_from_probabilities,
+    mass_from_query_key,
+    per_head_mass,
+    query_chunk_size,
+)
 from sink_modifier.sinks.onload import onload_one_module_at_a_time
 
 __all__ = ["AttentionMassObserver", "SinkObservationError", "global_attention_mass"]
@@ -89,6 +105,7 @@ def _chunked_eager_attention(module, query, key, value, attention_mask, *args, *
     chunk = min(q_len, observer.chunk_size or query_chunk_size(batch, heads, k_len))
     keys = observer.own_keys(q_len, k_len)
     weights = observer._weights_for(q_len) if keys is not None else None
+    by_head = observer.order == "queries_then_heads"  # accumulate [B, H, K], sum heads at the end
     outputs, mass = [], None
     for start in range(0, q_len, chunk):
         stop = min(start + chunk, q_len)
@@ -97,9 +114,15 @@ def _chunked_eager_attention(module, query, key, value, attention_mask, *args, *
         outputs.append(out)
         if keys is None or not isinstance(probs, torch.Tensor):
             continue
-        block = mass_from_probabilities(probs.detach()[..., keys], None if weights is None else weights[:, start:stop])
+        block_weights = None if weights is None else weights[:, start:stop]
+        if by_head:
+            block = per_head_mass(probs.detach()[..., keys], block_weights)
+        else:
+            block = mass_from_probabilities(probs.detach()[..., keys], block_weights)
         mass = block if mass is None else mass.add_(block)
         del probs
+    if by_head and mass is not None:
+        mass = mass.sum(dim=1)
     if keys is None:
         observer.calls_skipped += 1
     elif mass is not None:
@@ -155,13 +178,22 @@ class AttentionMassObserver:
         stop_when_all_observed: bool = False,
         attention_modules: list[torch.nn.Module] | None = None,
         trailing_keys: bool = False,
+        order: MassOrder = "heads_then_queries",
+        scores: ScoreFormula = "float32",
     ):
         """``attention_modules`` restricts observation to those modules (all channels; default: every
         ``*Attention`` module). ``trailing_keys``: a call with ``K > Q`` (queries after a cached
         prefix, e.g. DiffusionGemma's canvas over prompt + canvas keys) counts the mass its queries
-        give to the last ``Q`` keys, their own tokens, with probabilities normalised over all ``K``."""
+        give to the last ``Q`` keys, their own tokens, with probabilities normalised over all ``K``.
+        ``order`` / ``scores``: see the module docstring."""
+        if order not in ("heads_then_queries", "queries_then_heads"):
+            raise ValueError(f"order must be 'heads_then_queries' or 'queries_then_heads', got {order!r}")
+        if scores not in ("float32", "model_dtype"):
+            raise ValueError(f"scores must be 'float32' or 'model_dtype', got {scores!r}")
         self.model = model
         self.chunk_size = chunk_size
+        self.order = order
+        self.scores = scores
         self.stop_when_all_observed = stop_when_all_observed
         self.restricted = attention_modules is not None
         self.trailing_keys = trailing_keys
@@ -266,7 +298,9 @@ class AttentionMassObserver:
         if keys is None:
             self.calls_skipped += 1
             return
-        mass = mass_from_probabilities(probs.detach()[..., keys], self._weights_for(probs.shape[-2]))
+        mass = mass_from_probabilities(
+            probs.detach()[..., keys], self._weights_for(probs.shape[-2]), order=self.order
+        )
         self._check_finite(mass, module)
         self._add(mass)
 
@@ -280,6 +314,10 @@ class AttentionMassObserver:
                 "outputs are broken (uninitialised buffers after from_pretrained?)"
             )
 
+    # Never traced: a model that compiles its attention (the paper's LLaDA code wraps SDPA in
+    # @torch.compile) would otherwise have dynamo trace and inductor fuse this (other bits) and
+    # replay the side effects on the observer out of order (wrong per-layer masses).
+    @torch.compiler.disable
     def _observe_sdpa(
         self,
         query,
@@ -314,6 +352,8 @@ class AttentionMassObserver:
             scale=scale,
             query_weights=self._weights_for(query.shape[-2]),
             chunk_size=self.chunk_size,
+            order=self.order,
+            scores=self.scores,
         )
         self._add(mass[:, keys])
 
@@ -342,6 +382,8 @@ def global_attention_mass(
     forward_inputs: dict | None = None,
     attention_modules: list[torch.nn.Module] | None = None,
     trailing_keys: bool = False,
+    order: MassOrder = "heads_then_queries",
+    scores: ScoreFormula = "float32",
 ) -> torch.Tensor:
     """Run one forward of ``model`` and return the global attention mass ``[B, T]`` (float32).
 
@@ -349,6 +391,8 @@ def global_attention_mass(
     tokens are not its ``input_ids``: DiffusionGemma's canvas is ``decoder_input_ids``);
     ``attention_modules`` and ``trailing_keys`` go to :class:`AttentionMassObserver` (a
     family's :meth:`~sink_modifier.families.ModelFamily.sink_pass` supplies all three).
+    ``order`` / ``scores`` go to :class:`AttentionMassObserver` (``**PAPER_COLLECTOR``: the
+    paper's reduction order and score formula, for ``sink_mask_mode: reference``).
 
     The forward ends as soon as every ``*Attention`` module has run, and weights of a model
     offloaded with compressed-tensors are onloaded one module at a time, even inside
@@ -360,7 +404,7 @@ def global_attention_mass(
     """
     observer = AttentionMassObserver(
         model, chunk_size=chunk_size, stop_when_all_observed=True,
-        attention_modules=attention_modules, trailing_keys=trailing_keys,
+        attention_modules=attention_modules, trailing_keys=trailing_keys, order=order, scores=scores,
     )
     kwargs = dict(forward_kwargs or {})
     kwargs.update(forward_inputs if forward_inputs is not None else {"input_ids": input_ids})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from sink_modifier.sinks.mass import MassOrder, ScoreFormula
 from sink_modifier.sinks.observe import AttentionMassObserver, SinkObservationError
 
 __all__ = ["PerLayerAttentionMassObserver", "per_layer_attention_mass"]
@@ -48,14 +49,17 @@ def per_layer_attention_mass(
     *,
     chunk_size: int | None = None,
     forward_kwargs: dict | None = None,
+    order: MassOrder = "heads_then_queries",
+    scores: ScoreFormula = "float32",
 ) -> torch.Tensor:
     """Run one forward of ``model`` and return the attention mass of each layer, ``[L, B, T]`` float32.
 
     ``per_layer_attention_mass(...).sum(0)`` equals ``global_attention_mass(...)``; padding
-    (``attention_mask == 0``) gets zero mass in every layer. Raises
+    (``attention_mask == 0``) gets zero mass in every layer. ``order`` / ``scores`` as for
+    :func:`~sink_modifier.sinks.observe.global_attention_mass`. Raises
     :class:`SinkObservationError` when no attention layer could be observed.
     """
-    observer = PerLayerAttentionMassObserver(model, chunk_size=chunk_size)
+    observer = PerLayerAttentionMassObserver(model, chunk_size=chunk_size, order=order, scores=scores)
     kwargs = dict(forward_kwargs or {})
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask

@@ -1,0 +1,599 @@
+"""What makes a pruned diffusion LM good: a matched-compute calibration study on ``tiny-dlm``.
+
+Protocol (``benchmarks/README.md``, "Matched compute")
+------------------------------------------------------
+* **Matched compute.** Every calibrated arm sees the same number of forward rows of the same
+  length (``--rows``, default 160 rows of 256 tokens): the clean arm ``R`` distinct windows at
+  t = 0, the noised arm ``R / K`` windows at each of ``K`` timesteps, mixed arms in between
+  (``R / 5`` windows at t = 0, 0.25, 0.5, 0.75, 1). Upstream's clean calibration with more rows
+  is *not* what we compare against: that confounds the noise with the amount of data.
+* **Seeds.** ``--seeds`` (default 0, 1, 2) re-draw the calibration windows and their noise.
+* **Identical evaluation.** Each domain's windows and masks depend only on a fixed seed, so
+  every model answers the same questions; two arms are compared by the per-window difference of
+  the NELBO (averaged over seeds), its mean and its standard error over windows.
+* **Three domains.** ``dev``: windows of a held-back tail of the corpus documents (the
+  calibration windows come from the other documents) — the only domain settings are chosen on;
+  ``heldout`` (same sources as the corpus) and ``handbook`` (a book the corpus does not
+  contain) are only reported.
+
+Arms
+----
+An arm is (base, calibration rows, modifier settings). Bases: ``wanda`` / ``sparsegpt`` (our
+modifiers; with ``sink_weighting: false`` they are llm-compressor's Wanda / SparseGPT bit for bit,
+``tests/test_upstream_scenarios.py``, so ``*_clean_off`` *is* upstream's modifier on matched clean
+rows) and ``magnitude`` (no data). The plans group arms by the question they answer:
+
+* ``core``: clean vs noised vs mixed (sink off) and sink on, for each base;
+* ``grids``: the timestep grid of the noised rows (LLaDA's, uniform random, low-t-heavy, high-t-heavy);
+* ``sink``: sink policies and strength (``sink_std`` 1/2/3, ``sink_alpha``);
+* ``weighting``: timestep weighting (ELBO 1/t) and masked-position weighting of the rows;
+* ``owl``: non-uniform layer sparsity (OWL) from the same rows.
+
+Results accumulate in ``benchmarks/results/calibration_study.json`` as each run finishes, so the
+study can be run in parts (``--plan``, ``--max-minutes``) and resumed; a run whose settings differ
+from the stored ones is refused rather than mixed in. ``--report`` rewrites the tables and
+figures from the JSON without running anything.
+
+    python benchmarks/calibration_study.py --plan core --sparsities 0.5,2:4 --bases wanda
+    python benchmarks/calibration_study.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SINK_MODIFIER_SHARED", REPO.parent / "shared"))
+MODEL_DIR = SHARED / "models" / "tiny-dlm"
+DATA = SHARED / "data"
+RESULTS = REPO / "benchmarks" / "results"
+STORE = RESULTS / "calibration_study.json"
+
+SEQ_LEN = 256
+DEV_FRACTION = 0.1  # tail of the corpus documents held back for choosing settings
+EVAL_SEED = 0  # evaluation windows and masks: fixed for every model
+DOMAINS = ("dev", "heldout", "handbook")
+REPORTED = ("heldout", "handbook")
+LLADA_GRID = tuple(round(0.1 * j, 1) for j in range(1, 11))
+SIGNIFICANT_Z = 2.0
+
+
+# -- arms -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    key: str
+    label: str
+    base: str  # "wanda" | "sparsegpt" | "magnitude"
+    calibration: str = "noised"  # "clean" | "noised" | "mixed" | "none"
+    grid: str = "llada"  # timesteps of noised rows: "llada" | "uniform" | "low" | "high"
+    settings: dict = field(default_factory=dict, hash=False, compare=False)  # modifier fields
+    reference: str | None = None  # arm this one is compared with (paired delta)
+    needs_unstructured: bool = False  # OWL: meaningless for N:M
+
+    @property
+    def data_free(self) -> bool:
+        return self.calibration == "none"
+
+
+def _base_arms(base: str) -> list[Arm]:
+    name = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}[base]
+    off, on = {"sink_weighting": False}, {"sink_weighting": True}
+    return [
+        Arm(f"{base}_clean_off", f"llm-compressor {name}: clean rows", base, "clean", settings=off),
+        Arm(f"{base}_noised_off", f"{name}: noised rows, sink off", base, "noised", settings=off,
+            reference=f"{base}_clean_off"),
+        Arm(f"{base}_mixed_off", f"{name}: mixed rows, sink off", base, "mixed", settings=off,
+            reference=f"{base}_clean_off"),
+        Arm(f"{base}_noised_on", f"{name}: noised rows, sink on", base, "noised", settings=on,
+            reference=f"{base}_noised_off"),
+    ]
+
+
+def _grid_arms(base: str) -> list[Arm]:
+    off = {"sink_weighting": False}
+    return [
+        Arm(f"{base}_grid_{grid}", f"{base}: {grid} timesteps, sink off", base, "noised", grid, off,
+            reference=f"{base}_noised_off")
+        for grid in ("uniform", "low", "high")
+    ]
+
+
+def _sink_arms(base: str) -> list[Arm]:
+    variants = {
+        "unstable": {"sink_policy": "unstable"},
+        "stable": {"sink_policy": "stable"},
+        "std1": {"sink_std": 1.0},
+        "std3": {"sink_std": 3.0},
+        "alpha1": {"sink_alpha": 1.0},
+        "alpha20": {"sink_alpha": 20.0},
+    }
+    return [
+        Arm(f"{base}_sink_{name}", f"{base}: sink on, {name}", base, "noised",
+            settings={"sink_weighting": True, **extra}, reference=f"{base}_noised_off")
+        for name, extra in variants.items()
+    ]
+
+
+def _weighting_arms(base: str) -> list[Arm]:
+    off = {"sink_weighting": False}
+    return [
+        Arm(f"{base}_elbo_weights", f"{base}: ELBO 1/t row weights, sink off", base, "noised",
+            settings={**off, "timestep_weighting": "elbo"}, reference=f"{base}_noised_off"),
+        Arm(f"{base}_masked_0.75", f"{base}: masked positions weighted 0.75, sink off", base, "noised",
+            settings={**off, "masked_position_weight": 0.75}, reference=f"{base}_noised_off"),
+        Arm(f"{base}_masked_0.9", f"{base}: masked positions weighted 0.9, sink off", base, "noised",
+            settings={**off, "masked_position_weight": 0.9}, reference=f"{base}_noised_off"),
+    ]
+
+
+def _owl_arms(base: str) -> list[Arm]:
+    owl = {"sparsity_profile": "owl", "owl_m": 5, "owl_lmbda": 0.08}
+    return [
+        Arm(f"{base}_owl_off", f"{base}: OWL layer sparsity, sink off", base, "noised",
+            settings={"sink_weighting": False, **owl}, reference=f"{base}_noised_off", needs_unstructured=True),
+    ]
+
+
+MAGNITUDE = Arm("magnitude", "magnitude (per-row abs W)", "magnitude", "none")
+PLANS = {"core": _base_arms, "grids": _grid_arms, "sink": _sink_arms, "weighting": _weighting_arms, "owl": _owl_arms}
+
+
+def arms_for(plans: list[str], bases: list[str]) -> list[Arm]:
+    arms = [MAGNITUDE]
+    for plan in plans:
+        for base in bases:
+            arms += [a for a in PLANS[plan](base) if a not in arms]
+    return arms
+
+
+def all_arms() -> dict[str, Arm]:
+    return {a.key: a for a in arms_for(list(PLANS), ["wanda", "sparsegpt"])}
+
+
+# -- sparsity ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sparsity:
+    key: str
+    sparsity: float
+    mask_structure: str
+
+    @property
+    def structured(self) -> bool:
+        return self.mask_structure != "0:0"
+
+
+def parse_sparsity(text: str) -> Sparsity:
+    if ":" in text:
+        n, m = (int(p) for p in text.split(":"))
+        if not 0 < n < m:
+            raise argparse.ArgumentTypeError(f"N:M needs 0 < N < M, got {text}")
+        return Sparsity(text, n / m, f"{n}:{m}")
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"sparsity must be in (0, 1), got {text}")
+    return Sparsity(text, value, "0:0")
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MODEL_DIR)
+
+
+def load_model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+
+
+def split_corpus(max_chars: int) -> tuple[list[str], list[str]]:
+    """The corpus documents for calibration and the held-back tail (``dev``) for choosing settings."""
+    from sink_modifier.data import load_documents
+
+    documents = load_documents(DATA / "corpus.txt.gz", max_chars=max_chars)
+    cut = int(len(documents) * (1 - DEV_FRACTION))
+    return documents[:cut], documents[cut:]
+
+
+def eval_windows(tokenizer, dev_documents: list[str], count: int) -> dict[str, torch.Tensor]:
+    from sink_modifier.data import load_documents, token_windows
+
+    sources = {
+        "dev": dev_documents,
+        "heldout": load_documents(DATA / "heldout.txt.gz", max_chars=4_000_000),
+        "handbook": load_documents(DATA / "handbook.txt.gz", max_chars=4_000_000),
+    }
+    return {name: token_windows(docs, tokenizer, SEQ_LEN, count, seed=EVAL_SEED) for name, docs in sources.items()}
+
+
+def timestep_grid(kind: str, count: int, seed: int) -> tuple[float, ...]:
+    """``count`` timesteps in (0, 1]: LLaDA's even grid, or quantiles of a uniform / low- / high-t-heavy law.
+
+    ``uniform`` draws its timesteps at random per seed (a fresh grid for every calibration seed);
+    ``low`` / ``high`` are the midpoint quantiles of t = u² / t = 1 − (1 − u)², i.e. three times
+    denser near t = 0 (mostly clean rows) or near t = 1 (mostly masks).
+    """
+    if kind == "llada":
+        return tuple(round(j / count, 4) for j in range(1, count + 1))
+    u = [(j + 0.5) / count for j in range(count)]
+    if kind == "uniform":
+        g = torch.Generator().manual_seed(10_000 + seed)
+        return tuple(sorted(round(max(1e-3, float(x)), 4) for x in torch.rand(count, generator=g)))
+    if kind == "low":
+        return tuple(round(x * x, 4) for x in u)
+    if kind == "high":
+        return tuple(round(1 - (1 - x) ** 2, 4) for x in u)
+    raise ValueError(kind)
+
+
+def calibration_set(arm: Arm, documents, tokenizer, config, rows: int, timesteps: int, seed: int):
+    """The arm's calibration rows: ``rows`` forward rows of SEQ_LEN tokens, whatever the arm."""
+    from sink_modifier.data import token_windows
+    from sink_modifier.process import MaskTokenProcess, build_calibration
+
+    if arm.calibration == "clean":
+        grid = (0.0,)
+    elif arm.calibration == "mixed":
+        grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    else:
+        grid = timestep_grid(arm.grid, timesteps, seed)
+    if rows % len(grid):
+        raise SystemExit(f"--rows {rows} is not a multiple of {len(grid)} timesteps ({arm.key})")
+    windows = token_windows(documents, tokenizer, SEQ_LEN, rows // len(grid), seed=seed)
+    cal = build_calibration(windows, tokenizer, process=MaskTokenProcess(int(config.mask_token_id)),
+                            seq_len=SEQ_LEN, num_samples=windows.shape[0], timesteps=grid, seed=seed, config=config)
+    assert len(cal) == rows, (arm.key, len(cal), rows)
+    return cal
+
+
+# -- pruning and evaluation ------------------------------------------------------------------------
+def decoder_linears(model) -> list[torch.nn.Linear]:
+    return [m for layer in model.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def achieved_sparsity(model) -> float:
+    linears = decoder_linears(model)
+    return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
+
+
+def make_modifier(arm: Arm, spec: Sparsity):
+    from sink_modifier import SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier
+
+    cls = SinkAwareWandaPruningModifier if arm.base == "wanda" else SinkAwareSparseGPTModifier
+    return cls(sparsity=spec.sparsity, mask_structure=spec.mask_structure, targets=["Linear"],
+               ignore=["re:.*lm_head"], **arm.settings)
+
+
+def prune(arm: Arm, spec: Sparsity, cal, tokenizer, batch_size: int):
+    from llmcompressor import oneshot
+
+    from sink_modifier.modifiers.wanda_scoring import prune_mask
+
+    model = load_model()
+    start = time.perf_counter()
+    if arm.base == "magnitude":
+        n, m = (int(p) for p in spec.mask_structure.split(":"))
+        with torch.no_grad():
+            for module in decoder_linears(model):
+                module.weight.masked_fill_(prune_mask(module.weight, torch.ones(module.weight.shape[1]),
+                                                      spec.sparsity, n, m), 0)
+    else:
+        policy = arm.settings.get("sink_policy", "all") != "all"
+        loader = cal.dataloader(batch_size=len(cal.timesteps) if policy else batch_size)
+        oneshot(model=model, processor=tokenizer, dataset=loader, recipe=[make_modifier(arm, spec)],
+                pipeline="sequential")
+    return model, time.perf_counter() - start
+
+
+def evaluate(model, windows: dict[str, torch.Tensor], mask_token_id: int, mc_samples: int) -> dict:
+    from sink_modifier.scoring import nelbo
+
+    out = {}
+    for name, ids in windows.items():
+        bound = nelbo(model, ids, mask_token_id, mc_samples=mc_samples, seed=EVAL_SEED, batch_size=16)
+        out[name] = {"nelbo": bound.nelbo, "per_window": [round(float(x), 6) for x in bound.per_window]}
+    return out
+
+
+# -- the store ---------------------------------------------------------------------------------------
+def settings_of(args) -> dict:
+    return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": SEQ_LEN, "eval_windows": args.eval_windows,
+            "mc_samples": args.mc_samples, "dev_fraction": DEV_FRACTION, "corpus_chars": args.corpus_chars,
+            "batch_size": args.batch_size, "model": MODEL_DIR.name}
+
+
+def load_store(settings: dict, path: Path) -> dict:
+    if not path.exists():
+        return {"settings": settings, "dense": None, "runs": {}, "notes": []}
+    store = json.loads(path.read_text())
+    if store["settings"] != settings:
+        raise SystemExit(
+            f"{path} holds runs with other settings ({store['settings']}); run with the same options, or "
+            "move the file away to start a new study"
+        )
+    return store
+
+
+def save_store(store: dict, path: Path) -> None:
+    from sink_modifier.export.atomic import write_json_atomically
+
+    write_json_atomically(path, store, pretty=True)
+
+
+def run_key(spec: Sparsity, arm: Arm, seed: int | None) -> str:
+    return f"{spec.key}|{arm.key}|{'-' if seed is None else seed}"
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    return float(d.mean()), float(d.std(unbiased=True) / math.sqrt(d.numel()))
+
+
+def seed_mean_windows(store: dict, spec: str, arm: Arm, domain: str, seeds: list[int]) -> list[float] | None:
+    """Per-window NELBO averaged over the seeds that have run (None when none has)."""
+    keys = [f"{spec}|{arm.key}|-"] if arm.data_free else [f"{spec}|{arm.key}|{s}" for s in seeds]
+    found = [store["runs"][k]["eval"][domain]["per_window"] for k in keys if k in store["runs"]]
+    if not found or (not arm.data_free and len(found) < len(keys)):
+        return None
+    return torch.tensor(found, dtype=torch.float64).mean(0).tolist()
+
+
+def per_seed_deltas(store: dict, spec: str, arm: Arm, ref: Arm, domain: str, seeds: list[int]) -> list[float]:
+    out = []
+    for s in seeds:
+        a, b = store["runs"].get(f"{spec}|{arm.key}|{s}"), store["runs"].get(f"{spec}|{ref.key}|{s}")
+        if a and b:
+            out.append(a["eval"][domain]["nelbo"] - b["eval"][domain]["nelbo"])
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------
+def _fmt(delta: tuple[float, float] | None) -> str:
+    if delta is None:
+        return ""
+    mean, se = delta
+    mark = "**" if abs(mean) >= SIGNIFICANT_Z * se else ""
+    return f"{mark}{mean:+.4f} ± {se:.4f}{mark}"
+
+
+def summarize(store: dict) -> dict:
+    arms = all_arms()
+    seeds = store.get("seeds", [0, 1, 2])
+    dense = store["dense"]
+    specs = sorted({k.split("|")[0] for k in store["runs"]}, key=lambda s: (":" in s, s))
+    table = {}
+    for spec in specs:
+        rows = {}
+        for arm in arms.values():
+            windows = {d: seed_mean_windows(store, spec, arm, d, seeds) for d in DOMAINS}
+            if windows["dev"] is None:
+                continue
+            entry = {"label": arm.label}
+            for d in DOMAINS:
+                entry[d] = {
+                    "nelbo": float(torch.tensor(windows[d]).mean()),
+                    "vs_dense": paired(windows[d], dense[d]["per_window"]),
+                }
+                ref = arms.get(arm.reference) if arm.reference else None
+                ref_windows = seed_mean_windows(store, spec, ref, d, seeds) if ref else None
+                if ref_windows is not None:
+                    entry[d]["vs_reference"] = paired(windows[d], ref_windows)
+                    entry[d]["reference"] = ref.key
+                    entry[d]["seed_deltas"] = per_seed_deltas(store, spec, arm, ref, d, seeds)
+                upstream = arms.get(f"{arm.base}_clean_off")
+                up_windows = seed_mean_windows(store, spec, upstream, d, seeds) if upstream else None
+                if up_windows is not None and arm.key != upstream.key:
+                    entry[d]["vs_upstream"] = paired(windows[d], up_windows)
+            rows[arm.key] = entry
+        table[spec] = rows
+    return table
+
+
+def best_per_sparsity(table: dict) -> dict:
+    """Per sparsity and base: the arm with the lowest dev NELBO (chosen on dev only)."""
+    best = {}
+    for spec, rows in table.items():
+        for base in ("wanda", "sparsegpt"):
+            candidates = {k: v for k, v in rows.items() if k.startswith(base + "_")}
+            if candidates:
+                key = min(candidates, key=lambda k: candidates[k]["dev"]["nelbo"])
+                best[f"{spec}|{base}"] = key
+    return best
+
+
+def write_report(store: dict, path: Path) -> None:
+    from sink_modifier.export.atomic import write_file_atomically
+
+    table = summarize(store)
+    best = best_per_sparsity(table)
+    dense = store["dense"]
+    lines = [
+        "# Calibration study: what makes a pruned tiny-dlm good (matched compute)",
+        "",
+        f"Runs in `calibration_study.json` ({len(store['runs'])} pruned models), generated by "
+        f"`python benchmarks/calibration_study.py`; last update {store.get('updated', '')}. Protocol: "
+        "`benchmarks/README.md` (matched compute). Every calibrated arm sees "
+        f"{store['settings']['rows']} forward rows × {SEQ_LEN} tokens (clean: {store['settings']['rows']} windows; "
+        f"noised: {store['settings']['rows'] // store['settings']['timesteps']} windows × "
+        f"{store['settings']['timesteps']} timesteps; mixed: {store['settings']['rows'] // 5} windows × t ∈ "
+        "{0, .25, .5, .75, 1}); calibration seeds "
+        f"{store.get('seeds')}. Evaluation: {store['settings']['eval_windows']} fixed windows per domain, "
+        f"{store['settings']['mc_samples']} fixed NELBO masks per window (nats/token, lower is better). "
+        "Δ = mean over windows of the seed-averaged per-window NELBO difference ± its standard error; "
+        f"**bold** = |Δ| ≥ {SIGNIFICANT_Z:g} se. `dev` (held-back corpus documents) is where settings are "
+        "chosen; `heldout` and `handbook` are reported only.",
+        "",
+        f"Dense NELBO: dev {dense['dev']['nelbo']:.4f}, heldout {dense['heldout']['nelbo']:.4f}, "
+        f"handbook {dense['handbook']['nelbo']:.4f}.",
+        "",
+    ]
+    for spec, rows in table.items():
+        lines += [f"## Sparsity {spec}", "",
+                  "| arm | dev NELBO | heldout NELBO | Δ vs reference (heldout) | Δ vs reference (handbook) | "
+                  "per-seed Δ heldout | Δ vs llm-compressor (heldout) | Δ vs llm-compressor (handbook) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, entry in rows.items():
+            ref = entry["heldout"].get("reference", "")
+            seeds = ", ".join(f"{d:+.4f}" for d in entry["heldout"].get("seed_deltas", []))
+            chosen = " ✓" if key in best.values() and best.get(f"{spec}|{key.split('_')[0]}") == key else ""
+            lines.append(
+                f"| {entry['label']}{chosen} | {entry['dev']['nelbo']:.4f} | {entry['heldout']['nelbo']:.4f} | "
+                f"{_fmt(entry['heldout'].get('vs_reference'))}{' (vs ' + ref + ')' if ref else ''} | "
+                f"{_fmt(entry['handbook'].get('vs_reference'))} | {seeds} | "
+                f"{_fmt(entry['heldout'].get('vs_upstream'))} | {_fmt(entry['handbook'].get('vs_upstream'))} |"
+            )
+        lines.append("")
+    lines += ["## Chosen on dev (✓ above)", ""]
+    for slot, key in best.items():
+        spec, base = slot.split("|")
+        entry = table[spec][key]
+        lines.append(
+            f"- {spec} {base}: `{key}`; vs llm-compressor's {base} on matched clean rows: heldout "
+            f"{_fmt(entry['heldout'].get('vs_upstream')) or 'is that arm'}, handbook "
+            f"{_fmt(entry['handbook'].get('vs_upstream')) or 'is that arm'}"
+        )
+    lines += ["", *store.get("notes", [])]
+    text = "\n".join(lines) + "\n"
+    write_file_atomically(path.with_suffix(".md"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _plot(table, path.with_suffix(".png"))
+
+
+def _plot(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sink_modifier.export.atomic import write_file_atomically
+
+    specs = list(table)
+    if not specs:
+        return
+    fig, axes = plt.subplots(1, len(REPORTED), figsize=(6 * len(REPORTED), 4), squeeze=False)
+    for ax, domain in zip(axes[0], REPORTED):
+        keys = sorted({k for rows in table.values() for k in rows if k != "magnitude"})
+        width = 0.8 / max(1, len(keys))
+        for i, key in enumerate(keys):
+            xs, ys, es = [], [], []
+            for j, spec in enumerate(specs):
+                entry = table[spec].get(key)
+                if entry:
+                    mean, se = entry[domain]["vs_dense"]
+                    xs.append(j + i * width)
+                    ys.append(mean)
+                    es.append(se)
+            ax.bar(xs, ys, width, yerr=es, label=key)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(specs))], specs)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(f"Δ NELBO vs dense, {domain} (nats/token)")
+        ax.set_title(domain)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    write_file_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+
+
+# -- main ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", default="core", help=f"comma-separated plans: {', '.join(PLANS)}")
+    parser.add_argument("--bases", default="wanda,sparsegpt")
+    parser.add_argument("--sparsities", default="0.5,0.6,0.7,2:4")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", type=int, default=160, help="forward rows per calibrated arm (matched)")
+    parser.add_argument("--timesteps", type=int, default=10, help="timesteps of a noised arm (rows / timesteps windows)")
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--mc-samples", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--corpus-chars", type=int, default=4_000_000)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop starting new runs after this")
+    parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
+    parser.add_argument("--store", type=Path, default=STORE, help="results JSON (the md/png are written beside it)")
+    args = parser.parse_args(argv)
+
+    store = load_store(settings_of(args), args.store)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    store.setdefault("seeds", seeds)
+    if store["seeds"] != seeds:
+        raise SystemExit(f"the store was run with seeds {store['seeds']}; pass --seeds {','.join(map(str, store['seeds']))}")
+    if args.report:
+        write_report(store, args.store)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sink_modifier import console
+
+    console.configure(0)  # before llm-compressor's import, so its logs go to stderr too
+    import llmcompressor  # noqa: F401
+
+    plans = args.plan.split(",")
+    unknown = set(plans) - set(PLANS)
+    if unknown:
+        raise SystemExit(f"unknown plan(s) {sorted(unknown)}; choose from {list(PLANS)}")
+    arms = arms_for(plans, args.bases.split(","))
+    specs = [parse_sparsity(s) for s in args.sparsities.split(",")]
+    tokenizer = load_tokenizer()
+    config = load_model().config
+    calib_docs, dev_docs = split_corpus(args.corpus_chars)
+    windows = eval_windows(tokenizer, dev_docs, args.eval_windows)
+    mask_token_id = int(config.mask_token_id)
+    if store["dense"] is None:
+        store["dense"] = evaluate(load_model(), windows, mask_token_id, args.mc_samples)
+        save_store(store, args.store)
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+    # One arm's seeds back to back: a stopped study leaves whole arms, which the report can compare.
+    todo = [(spec, arm, seed) for spec in specs for arm in arms for seed in seeds
+            if not (arm.needs_unstructured and spec.structured) and not (arm.data_free and seed != seeds[0])]
+    started = time.monotonic()
+    for spec, arm, seed in todo:
+        key = run_key(spec, arm, None if arm.data_free else seed)
+        if key in store["runs"]:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"--max-minutes reached; {sum(run_key(s, a, None if a.data_free else d) not in store['runs'] for s, a, d in todo)} runs left")
+            break
+        cal = None if arm.data_free else calibration_set(arm, calib_docs, tokenizer, config, args.rows, args.timesteps, seed)
+        model, prune_s = prune(arm, spec, cal, tokenizer, args.batch_size)
+        result = {"prune_s": round(prune_s, 2), "achieved_sparsity": achieved_sparsity(model),
+                  "eval": evaluate(model, windows, mask_token_id, args.mc_samples),
+                  "rows": 0 if cal is None else len(cal), "timesteps": None if cal is None else list(cal.timesteps),
+                  "settings": arm.settings}
+        del model
+        gc.collect()
+        store["runs"][key] = result
+        store["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
+                                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+        save_store(store, args.store)
+        log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
+            f"handbook {result['eval']['handbook']['nelbo']:.4f} (prune {prune_s:.0f}s, "
+            f"{(time.monotonic() - started) / 60:.1f} min so far)")
+    write_report(store, args.store)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
