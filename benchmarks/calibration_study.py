@@ -423,6 +423,46 @@ def best_per_sparsity(table: dict) -> dict:
     return best
 
 
+def verdict(entry: dict) -> str:
+    """'better' / 'worse' when both report domains move the same way by at least 2 se, else 'neutral' or 'mixed'."""
+    signs = []
+    for domain in REPORTED:
+        mean, se = entry[domain]["vs_reference"]
+        signs.append(0 if abs(mean) < SIGNIFICANT_Z * se else (1 if mean > 0 else -1))
+    if all(x == -1 for x in signs):
+        return "better"
+    if all(x == 1 for x in signs):
+        return "worse"
+    if all(x == 0 for x in signs):
+        return "neutral"
+    return "mixed (" + ", ".join(f"{d} {'better' if x < 0 else 'worse' if x > 0 else 'neutral'}"
+                                  for d, x in zip(REPORTED, signs)) + ")"
+
+
+def findings(table: dict) -> list[str]:
+    out = []
+    for spec, rows in table.items():
+        for key, entry in rows.items():
+            ref = entry["heldout"].get("reference")
+            if not ref:
+                continue
+            deltas = "; ".join(f"{d} {_fmt(entry[d]['vs_reference'])}" for d in REPORTED)
+            out.append(f"- {spec}: `{key}` vs `{ref}`: **{verdict(entry)}** ({deltas}).")
+    return out or ["- no complete comparison yet"]
+
+
+def merge_stores(into: dict, other: dict) -> int:
+    """Add ``other``'s runs (same settings, seeds and dense evaluation) to ``into``; returns how many were new."""
+    if other["settings"] != into["settings"] or other.get("seeds") != into.get("seeds"):
+        raise SystemExit("the stores were run with different settings or seeds; they cannot be merged")
+    if into["dense"] is not None and other["dense"] is not None and into["dense"] != other["dense"]:
+        raise SystemExit("the stores' dense evaluations differ (another model or data?); not merged")
+    new = {k: v for k, v in other["runs"].items() if k not in into["runs"]}
+    into["runs"].update(new)
+    into["dense"] = into["dense"] or other["dense"]
+    return len(new)
+
+
 def write_report(store: dict, path: Path) -> None:
     from sink_modifier.export.atomic import write_file_atomically
 
@@ -474,6 +514,8 @@ def write_report(store: dict, path: Path) -> None:
             f"{_fmt(entry['heldout'].get('vs_upstream')) or 'is that arm'}, handbook "
             f"{_fmt(entry['handbook'].get('vs_upstream')) or 'is that arm'}"
         )
+    lines += ["", "## Findings (each arm against its reference, both report domains)", ""]
+    lines += findings(table)
     lines += ["", *store.get("notes", [])]
     text = "\n".join(lines) + "\n"
     write_file_atomically(path.with_suffix(".md"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -532,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop starting new runs after this")
     parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
     parser.add_argument("--store", type=Path, default=STORE, help="results JSON (the md/png are written beside it)")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="add the runs of another store (same settings; e.g. a second process's) and report")
     args = parser.parse_args(argv)
 
     store = load_store(settings_of(args), args.store)
@@ -539,7 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     store.setdefault("seeds", seeds)
     if store["seeds"] != seeds:
         raise SystemExit(f"the store was run with seeds {store['seeds']}; pass --seeds {','.join(map(str, store['seeds']))}")
-    if args.report:
+    if args.merge is not None:
+        added = merge_stores(store, json.loads(args.merge.read_text()))
+        save_store(store, args.store)
+        log(f"merged {added} runs from {args.merge}")
+    if args.report or args.merge is not None:
         write_report(store, args.store)
         return 0
     if args.threads:

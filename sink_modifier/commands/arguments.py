@@ -10,6 +10,7 @@ import argparse
 import math
 
 __all__ = [
+    "add_calibration_arguments",
     "add_dtype_argument",
     "add_family_argument",
     "add_mask_token_argument",
@@ -117,3 +118,20 @@ def add_model_loading_arguments(parser: argparse.ArgumentParser, dtype_default: 
     add_trust_remote_code_argument(parser)
     add_family_argument(parser)
     add_mask_token_argument(parser)
+
+
+def add_calibration_arguments(
+    parser: argparse.ArgumentParser, *, seq_len_help: str = "tokens per window (default: model maximum)",
+    seed_help: str = "seed for windows and noise (default 0)",
+    pipeline_help: str = "llm-compressor calibration pipeline (basic = paper's one-shot statistics)",
+) -> None:
+    """How a pruning command builds and feeds its calibration rows (``prune``, ``sweep``): one definition."""
+    parser.add_argument("--num-samples", type=positive_int, default=32, help="calibration windows (default 32)")
+    parser.add_argument("--seq-len", type=positive_int, default=None, help=seq_len_help)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--timesteps", type=timesteps, default=None,
+                        help="comma-separated diffusion timesteps in [0, 1] (default: LLaDA grid 0.1..1.0; "
+                        "0 = clean rows)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="calibration rows per batch (default 1, or one window's timesteps for sink_policy)")
+    parser.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential", help=pipeline_help)

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sink_modifier.commands.arguments import (
+    add_calibration_arguments,
     add_max_chars_argument,
     add_model_loading_arguments,
-    positive_int,
-    timesteps,
 )
 
 if TYPE_CHECKING:
@@ -50,17 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True,
                         help="calibration text: .txt/.txt.gz (blank-line separated) or .jsonl")
     parser.add_argument("--output", required=True, help="folder to write; appears only when complete")
-    parser.add_argument("--num-samples", type=positive_int, default=32, help="calibration windows (default 32)")
-    parser.add_argument("--seq-len", type=positive_int, default=None,
-                        help="tokens per window (default: model maximum)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for windows and noise (default 0)")
-    parser.add_argument("--timesteps", type=timesteps, default=None,
-                        help="comma-separated diffusion timesteps in [0, 1] (default: LLaDA grid 0.1..1.0; "
-                        "0 = clean rows)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="calibration rows per batch (default 1, or one window's timesteps for sink_policy)")
-    parser.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential",
-                        help="llm-compressor calibration pipeline (basic = paper's one-shot statistics)")
+    add_calibration_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_max_chars_argument(parser, DEFAULT_MAX_CHARS)
     add_model_loading_arguments(parser, "auto", "weights dtype while pruning")

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sink_modifier.commands.arguments import (
+    add_calibration_arguments,
     add_max_chars_argument,
     add_model_loading_arguments,
     positive_int,
-    timesteps,
 )
 from sink_modifier.commands.prune import DEFAULT_MAX_CHARS
 
@@ -119,17 +119,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="calibration text (.txt/.txt.gz/.jsonl)")
     parser.add_argument("--eval-data", required=True, help="held-out text for the evaluation")
     parser.add_argument("--output", required=True, help="folder to write; appears only when complete")
-    parser.add_argument("--num-samples", type=positive_int, default=32, help="calibration windows (default 32)")
-    parser.add_argument("--seq-len", type=positive_int, default=None,
-                        help="tokens per window, calibration and evaluation (default: model maximum)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed for calibration windows and noise, and for evaluation windows and masks (default 0)")
-    parser.add_argument("--timesteps", type=timesteps, default=None,
-                        help="comma-separated calibration timesteps in [0, 1] (default: LLaDA grid; 0 = clean rows)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="calibration rows per batch (default as prune)")
-    parser.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential",
-                        help="llm-compressor calibration pipeline (basic: statistics computed once for the sweep)")
+    add_calibration_arguments(
+        parser, seq_len_help="tokens per window, calibration and evaluation (default: model maximum)",
+        seed_help="seed for calibration windows and noise, and for evaluation windows and masks (default 0)",
+        pipeline_help="llm-compressor calibration pipeline (basic: statistics computed once for the sweep)",
+    )
     parser.add_argument("--num-windows", type=positive_int, default=64, help="evaluation windows (default 64)")
     parser.add_argument("--mc-samples", type=positive_int, default=8,
                         help="Monte-Carlo rows per window for the NELBO (default 8)")
