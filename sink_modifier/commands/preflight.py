@@ -46,6 +46,21 @@ class CheckedModel:
         check_seq_len(seq_len, self.config)
         return seq_len
 
+    def calibration_timesteps(self, requested: tuple[float, ...] | None) -> tuple[float, ...]:
+        """``requested`` (``--timesteps``), else the family's default grid (LLaDA's for a diffusion
+        family, clean rows for a causal one); noise asked of a causal model is refused."""
+        from sink_modifier.process import LLADA_TIMESTEPS
+
+        family = self.family
+        timesteps = tuple(requested) if requested is not None else (LLADA_TIMESTEPS if family.diffusion else (0.0,))
+        if not family.diffusion and any(t != 0 for t in timesteps):
+            raise ValueError(
+                f"{self.path} is a causal model (family {family.name}): it calibrates on clean rows, so there is "
+                f"nothing to noise at timesteps {timesteps}; leave out --timesteps (or pass --timesteps 0), or "
+                "name a diffusion family with --family"
+            )
+        return timesteps
+
     def check_tokenizer(self, *, needs_mask_token: bool = True) -> Any:
         """Load the tokenizer; apply ``--mask-token-id``, and refuse a mask-token family without one."""
         from sink_modifier.families import load_tokenizer

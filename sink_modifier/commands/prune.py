@@ -158,19 +158,12 @@ def prune_checkpoint(
     from sink_modifier.commands.recipe_check import check_recipe
     from sink_modifier.data import load_documents, token_windows
     from sink_modifier.export import check_output_dir
-    from sink_modifier.process import LLADA_TIMESTEPS
 
     check_output_dir(output_dir, overwrite)
     checked_recipe = check_recipe(recipe)
     model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
     chosen = model.family
-    timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if chosen.diffusion else (0.0,))
-    if not chosen.diffusion and any(t != 0 for t in timesteps):
-        raise ValueError(
-            f"{model_path} is a causal model (family {chosen.name}): it calibrates on clean rows, so there is "
-            f"nothing to noise at timesteps {timesteps}; leave out --timesteps (or pass --timesteps 0), or "
-            "name a diffusion family with --family"
-        )
+    timesteps = model.calibration_timesteps(timesteps)
     for modifier in checked_recipe.modifiers:  # a modifier option this family or grid cannot serve
         if hasattr(modifier, "check_calibration_plan"):
             modifier.check_calibration_plan(family=chosen, timesteps=timesteps)

@@ -304,7 +304,6 @@ def sweep(
     from sink_modifier.data import load_documents, token_windows
     from sink_modifier.export import check_output_dir, write_atomically
     from sink_modifier.export.atomic import json_text
-    from sink_modifier.process import LLADA_TIMESTEPS
 
     if isinstance(points, str):
         points = sparsity_points(points)
@@ -323,12 +322,7 @@ def sweep(
 
         model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
         chosen = model.family
-        timesteps = tuple(timesteps) if timesteps is not None else (LLADA_TIMESTEPS if chosen.diffusion else (0.0,))
-        if not chosen.diffusion and any(t != 0 for t in timesteps):
-            raise ValueError(
-                f"{model_path} is a causal model (family {chosen.name}): it calibrates on clean rows; leave out "
-                "--timesteps (or pass --timesteps 0), or name a diffusion family with --family"
-            )
+        timesteps = model.calibration_timesteps(timesteps)
         seq_len = model.seq_len(seq_len)
         documents = load_documents(data, max_chars=max_chars)
         eval_documents = load_documents(eval_data, max_chars=eval_max_chars)
