@@ -166,30 +166,6 @@ def all_arms() -> dict[str, Arm]:
     return {a.key: a for a in arms_for(list(PLANS), ["wanda", "sparsegpt"])}
 
 
-# -- sparsity ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sparsity:
-    key: str
-    sparsity: float
-    mask_structure: str
-
-    @property
-    def structured(self) -> bool:
-        return self.mask_structure != "0:0"
-
-
-def parse_sparsity(text: str) -> Sparsity:
-    if ":" in text:
-        n, m = (int(p) for p in text.split(":"))
-        if not 0 < n < m:
-            raise argparse.ArgumentTypeError(f"N:M needs 0 < N < M, got {text}")
-        return Sparsity(text, n / m, f"{n}:{m}")
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"sparsity must be in (0, 1), got {text}")
-    return Sparsity(text, value, "0:0")
-
-
 # -- data ------------------------------------------------------------------------------------------------
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -277,7 +253,7 @@ def achieved_sparsity(model) -> float:
     return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
 
 
-def make_modifier(arm: Arm, spec: Sparsity):
+def make_modifier(arm: Arm, spec):
     from sink_modifier import SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier
 
     cls = SinkAwareWandaPruningModifier if arm.base == "wanda" else SinkAwareSparseGPTModifier
@@ -285,7 +261,7 @@ def make_modifier(arm: Arm, spec: Sparsity):
                ignore=["re:.*lm_head"], **arm.settings)
 
 
-def prune(arm: Arm, spec: Sparsity, cal, tokenizer, batch_size: int):
+def prune(arm: Arm, spec, cal, tokenizer, batch_size: int):
     from llmcompressor import oneshot
 
     from sink_modifier.modifiers.wanda_scoring import prune_mask
@@ -341,8 +317,8 @@ def save_store(store: dict, path: Path) -> None:
     write_json_atomically(path, store, pretty=True)
 
 
-def run_key(spec: Sparsity, arm: Arm, seed: int | None) -> str:
-    return f"{spec.key}|{arm.key}|{'-' if seed is None else seed}"
+def run_key(spec, arm: Arm, seed: int | None) -> str:
+    return f"{spec.label}|{arm.key}|{'-' if seed is None else seed}"
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -602,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown plan(s) {sorted(unknown)}; choose from {list(PLANS)}")
     arms = arms_for(plans, args.bases.split(","))
-    specs = [parse_sparsity(s) for s in args.sparsities.split(",")]
+    # The sweep command's parser: the same points, labels and refusals as `sink-modifier sweep --sparsities`.
+    from sink_modifier.commands.sweep import sparsity_points
+
+    specs = list(sparsity_points(args.sparsities))
     tokenizer = load_tokenizer()
     config = load_model().config
     calib_docs, dev_docs = split_corpus(args.corpus_chars)
