@@ -82,7 +82,7 @@ def prompts(tokenizer, num: int, length: int) -> list[list[int]]:
 def ensure_pruned(path: Path, threads: int) -> None:
     if (path / "config.json").is_file():
         return
-    print(f"pruning {path} (sink-aware Wanda 50%, 8 calibration windows)...", flush=True)
+    print(f"pruning {path} (recipes/sink_wanda_50.yaml, 8 calibration windows)...", flush=True)
     subprocess.run([sys.executable, "-m", "sink_modifier.cli", "prune", "--model", str(TINY_DLM),
                     "--recipe", str(REPO / "recipes" / "sink_wanda_50.yaml"), "--data", str(CORPUS),
                     "--output", str(path), "--num-samples", "8"], check=True,

@@ -38,10 +38,10 @@ EVAL_ARGS = ["--num-windows", "6", "--seq-len", "128", "--seed", "0", "--mc-samp
 VARIANTS = {
     "sparsegpt_reference": (
         "sink_sparsegpt_50.yaml",
-        {"sink_mask_mode: per_row": "sink_mask_mode: reference\n      reference_timesteps: [0.5, 1.0]"},
+        {"sink_weighting: false": "sink_weighting: true\n      sink_mask_mode: reference\n      reference_timesteps: [0.5, 1.0]"},
         ["--timesteps", "0"],  # reference mode calibrates on clean rows and noises them itself
     ),
-    "wanda_unstable": ("sink_wanda_50.yaml", {"sink_weighting: true": "sink_weighting: true\n      sink_policy: unstable"}, []),
+    "wanda_unstable": ("paper_sink_wanda_50.yaml", {"sink_weighting: true": "sink_weighting: true\n      sink_policy: unstable"}, []),
 }
 
 

@@ -1,6 +1,6 @@
 """What a sparsity sweep costs: ``sink-modifier sweep`` against separate ``sink-modifier prune`` runs.
 
-One 4-point sweep (``0.5,0.6,0.7,2:4``) of ``tiny-dlm`` with ``recipes/sink_wanda_50.yaml``
+One 4-point sweep (``0.5,0.6,0.7,2:4``) of ``tiny-dlm`` with ``recipes/paper_sink_wanda_50.yaml``
 (8 calibration windows x the 10 LLaDA timesteps, 256 tokens, corpus text) in one process,
 against the same four points pruned by four ``prune`` processes (fresh each, as a user would
 run them), once with the default sequential pipeline and once with ``--pipeline basic``.
@@ -38,7 +38,7 @@ SHARED = REPO.parent / "shared"
 MODEL = SHARED / "models" / "tiny-dlm"
 CORPUS = SHARED / "data" / "corpus.txt.gz"
 HELDOUT = SHARED / "data" / "heldout.txt.gz"
-RECIPE = REPO / "recipes" / "sink_wanda_50.yaml"
+RECIPE = REPO / "recipes" / "paper_sink_wanda_50.yaml"  # sink weighting on: the sink pass whose cache is measured
 RESULTS = REPO / "benchmarks" / "results"
 
 POINTS = ("0.5", "0.6", "0.7", "2:4")
@@ -93,7 +93,7 @@ def measure(pipeline: str, work: Path) -> dict:
 
 
 def _point_recipe(point: str, work: Path) -> Path:
-    """``sink_wanda_50.yaml`` at ``point``: the recipe a user would write for one prune run."""
+    """``paper_sink_wanda_50.yaml`` at ``point``: the recipe a user would write for one prune run."""
     import yaml
 
     data = yaml.safe_load(RECIPE.read_text())
@@ -118,7 +118,7 @@ def report_md(report: dict) -> str:
         f"1-min load average at start {m['loadavg_start']:.2f}, end {m['loadavg_end']:.2f} (each run's is in "
         "the JSON).",
         "",
-        f"tiny-dlm, `recipes/sink_wanda_50.yaml` at {', '.join(POINTS)}; calibration 8 windows x 10 timesteps of "
+        f"tiny-dlm, `recipes/paper_sink_wanda_50.yaml` at {', '.join(POINTS)}; calibration 8 windows x 10 timesteps of "
         "256 tokens (80 rows, batches of 1) from the corpus; the sweep also evaluates the dense model and each "
         "point on 4 held-out windows x 2 Monte-Carlo masks. `prune` = four fresh processes, one per point.",
         "",

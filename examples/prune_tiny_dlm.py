@@ -1,11 +1,11 @@
-"""Prune the shipped tiny diffusion LM with sink-aware Wanda and compare it with the dense model.
+"""Prune the shipped tiny diffusion LM with the Wanda 50% recipe and compare it with the dense model.
 
 Offline, a few minutes on 2 CPU cores:
 
     python examples/prune_tiny_dlm.py
 
-1. calibration: 16 windows of ../shared/data/corpus.txt.gz, each noised at the 10 LLaDA
-   timesteps (160 rows of 256 tokens);
+1. calibration: 16 windows of ../shared/data/corpus.txt.gz, each noised at the recipe's 10
+   timesteps (its ``calibration:`` block: the low-timestep grid; 160 rows of 256 tokens);
 2. ``recipes/sink_wanda_50.yaml`` through llm-compressor's ``oneshot`` (sequential pipeline);
 3. an atomic checkpoint in ``outputs/tiny-dlm-sink-wanda-50`` with ``sink_modifier.json``;
 4. held-out NELBO and masked cross-entropy of dense and pruned, on identical windows and masks.
@@ -40,7 +40,7 @@ def main() -> None:
     heldout = SHARED / "data" / "heldout.txt.gz"
     scores = {
         name: evaluate_checkpoint(path, heldout, num_windows=args.eval_windows, seed=args.seed, batch_size=16)
-        for name, path in (("dense", args.model), ("sink-wanda 50%", result.output_dir))
+        for name, path in (("dense", args.model), ("wanda 50%", result.output_dir))
     }
 
     print(f"\nsparsity of pruned Linear layers: {result.metadata['sparsity']['overall']:.2%} "

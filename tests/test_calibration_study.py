@@ -64,6 +64,9 @@ def test_a_verdict_needs_both_domains_beyond_two_standard_errors(study):
     assert study.verdict(_entry((0.03, 0.01), (0.03, 0.01))) == "worse"
     assert study.verdict(_entry((-0.01, 0.01), (0.005, 0.01))) == "neutral"
     assert study.verdict(_entry((-0.03, 0.01), (0.001, 0.01))).startswith("mixed")
+    # significant but tiny on both domains: not called a loss or a win
+    assert study.verdict(_entry((0.0001, 0.00004), (0.0001, 0.00004))).startswith("negligible")
+    assert study.verdict(_entry((0.0001, 0.00004), (0.003, 0.001))) == "worse"
 
 
 def test_stores_merge_only_with_identical_settings(study):

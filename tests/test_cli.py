@@ -14,6 +14,7 @@ from sink_modifier.commands.prune import prune_checkpoint
 from tests.conftest import CORPUS, REPO, TINY_DLM, VOCAB, _save, requires_shared, tiny_llama_config
 
 RECIPE_50 = str(REPO / "recipes" / "sink_wanda_50.yaml")
+PAPER_50 = str(REPO / "recipes" / "paper_sink_wanda_50.yaml")  # sink weighting on: the sink pass runs
 # `text_file` (60 random documents over the test vocabulary) is the shared fixture in conftest.py
 
 
@@ -146,7 +147,7 @@ def test_family_option_reaches_the_sink_modifier(tiny_llama_dir, text_file, tmp_
         return original(self, model, token_ids, call_kwargs)
 
     monkeypatch.setattr(ModelFamily, "sink_pass", spy)
-    args = ["prune", "--model", str(tiny_llama_dir), "--recipe", RECIPE_50, "--data", str(text_file),
+    args = ["prune", "--model", str(tiny_llama_dir), "--recipe", PAPER_50, "--data", str(text_file),
             "--output", str(tmp_path / "o"), "--num-samples", "2", "--seq-len", "16"]
     assert main(args + (["--family", family] if family else [])) == 0
     assert used and set(used) == {expected}

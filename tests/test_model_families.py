@@ -23,10 +23,21 @@ from tests.conftest import REPO, VOCAB, _save, tiny_llama_config
 from tests.family_models.build import build_dream_checkpoint, build_llada_checkpoint
 from tests.family_models.diffusion_gemma import build_diffusion_gemma_checkpoint
 
+# Sink weighting on, so each family's sink pass runs: the paper's Wanda recipe, and the shipped
+# SparseGPT recipe (whose evidence-chosen default is sink weighting off) with it switched on.
 RECIPES = {
-    "wanda": REPO / "recipes" / "sink_wanda_50.yaml",
+    "wanda": REPO / "recipes" / "paper_sink_wanda_50.yaml",
     "sparsegpt": REPO / "recipes" / "sink_sparsegpt_50.yaml",
 }
+
+
+def _sink_on(recipe: Path, folder: Path) -> Path:
+    text = recipe.read_text()
+    if "sink_weighting: false" not in text:
+        return recipe
+    path = folder / f"{recipe.stem}-sink-on.yaml"
+    path.write_text(text.replace("sink_weighting: false", "sink_weighting: true"))
+    return path
 
 
 def _causal_llama(path: Path) -> Path:
@@ -118,7 +129,7 @@ def test_recipe_prunes_every_family_exactly_and_reloads(family_dirs, text_file, 
     folder, remote = family_dirs[name]
     before = _digest(folder)
     result = prune_checkpoint(
-        folder, RECIPES[method], text_file, tmp_path / "pruned",
+        folder, _sink_on(RECIPES[method], tmp_path), text_file, tmp_path / "pruned",
         num_samples=2, seq_len=16, timesteps=(0.3, 0.7) if EXPECTED_FAMILY.get(name) != "causal" else (0.0,),
         trust_remote_code=remote,
     )

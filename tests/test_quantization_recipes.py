@@ -205,7 +205,8 @@ def quantizing_recipes():
 
 
 def pruning_pattern(path):
-    for stage in yaml.safe_load(path.read_text()).values():
+    stages = [v for k, v in yaml.safe_load(path.read_text()).items() if k.endswith("_stage")]  # not `calibration:`
+    for stage in stages:
         for group in stage.values():
             if "SinkAwareWandaPruningModifier" in group:
                 args = group["SinkAwareWandaPruningModifier"]

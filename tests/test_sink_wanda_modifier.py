@@ -167,7 +167,7 @@ def test_bad_settings_fail_at_recipe_load_naming_the_field(tmp_path, field, valu
 
 
 def test_yaml_names_the_class_once_the_package_is_imported():
-    recipe = Recipe.create_instance(str(REPO / "recipes" / "sink_wanda_50.yaml"))
+    recipe = Recipe.create_instance(str(REPO / "recipes" / "paper_sink_wanda_50.yaml"))
     (modifier,) = recipe.modifiers
     assert isinstance(modifier, SinkAwareWandaPruningModifier)
     assert modifier.sparsity == 0.5 and modifier.sink_weighting is True

@@ -100,7 +100,7 @@ def test_a_damaged_entry_is_detected_recomputed_and_rewritten(tiny_llama_dir, id
 
 
 # -- sink-modifier sweep ------------------------------------------------------------------------------
-SWEEP = ["--model", str(TINY_DLM), "--recipe", str(REPO / "recipes" / "sink_wanda_50.yaml"),
+SWEEP = ["--model", str(TINY_DLM), "--recipe", str(REPO / "recipes" / "paper_sink_wanda_50.yaml"),
          "--data", str(HELDOUT), "--eval-data", str(HELDOUT), "--num-samples", "2", "--seq-len", "32",
          "--timesteps", "0.5", "--num-windows", "3", "--mc-samples", "1"]
 
@@ -134,7 +134,7 @@ def test_sweep_runs_the_sink_pass_once_per_batch_and_writes_json_md_png(tmp_path
         expected = sum(a - b for a, b in zip(p["per_window"], result["dense"]["per_window"])) / 3
         assert p["delta"] == pytest.approx(expected) and p["delta"] == pytest.approx(p["value"] - result["dense"]["value"])
     table = (out / "sweep.md").read_text()
-    assert "| dense | 0 |" in table and "| sink_wanda_50 | 2:4 |" in table and "masks 2/2" in table
+    assert "| dense | 0 |" in table and "| paper_sink_wanda_50 | 2:4 |" in table and "masks 2/2" in table
 
 
 @pytest.mark.parametrize("bad, says", [
@@ -163,3 +163,29 @@ def test_a_recipe_without_a_pruning_modifier_is_refused_before_loading(tmp_path,
     err = capsys.readouterr().err
     assert "sink-modifier sweep: error: recipe" in err and "no pruning modifier with sparsity" in err
     assert not (tmp_path / "o").exists()
+
+
+@requires_shared(TINY_DLM)
+@requires_shared(HELDOUT)
+def test_each_recipe_is_calibrated_on_its_own_calibration_block(tmp_path, capsys):
+    """As prune would: options first, then each recipe's block; recipes with equal blocks share rows."""
+    own = tmp_path / "own.yaml"
+    own.write_text("calibration:\n  timesteps: [0.25, 1.0]\n  num_samples: 1\n"
+                   + (REPO / "recipes" / "sink_wanda_50.yaml").read_text().split("sparsity_stage:", 1)[1]
+                   .join(["sparsity_stage:", ""]))
+    plain = tmp_path / "plain.yaml"  # no block: the defaults (LLaDA grid), num_samples from the option
+    plain.write_text("sparsity_stage:" + (REPO / "recipes" / "sink_wanda_50.yaml").read_text().split("sparsity_stage:", 1)[1])
+    argv = ["sweep", "--model", str(TINY_DLM), "--recipe", str(own), "--recipe", str(plain), "--data", str(HELDOUT),
+            "--eval-data", str(HELDOUT), "--seq-len", "32", "--num-windows", "2", "--mc-samples", "1",
+            "--sparsities", "0.5", "--output", str(tmp_path / "o"), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    by_name = {p["name"]: p["calibration"] for p in result["points"]}
+    assert by_name["own"]["timesteps"] == [0.25, 1.0] and by_name["own"]["num_samples"] == 1
+    assert by_name["own"]["origin"]["timesteps"].startswith(f"recipe {own}:")
+    assert by_name["plain"]["timesteps"] == pytest.approx([0.1 * j for j in range(1, 11)])
+    assert by_name["plain"]["num_samples"] == 32 and by_name["plain"]["origin"] == {
+        "num_samples": "default", "timesteps": "default"}
+    assert set(result["calibration"]) == {"own", "plain"}
+    assert result["calibration"]["own"]["rows"] == 2 and result["calibration"]["plain"]["rows"] == 320
+    assert "own 1 windows × 2 timesteps; plain 32 windows × 10 timesteps" in (tmp_path / "o" / "sweep.md").read_text()

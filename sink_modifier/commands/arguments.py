@@ -126,12 +126,13 @@ def add_calibration_arguments(
     pipeline_help: str = "llm-compressor calibration pipeline (basic = paper's one-shot statistics)",
 ) -> None:
     """How a pruning command builds and feeds its calibration rows (``prune``, ``sweep``): one definition."""
-    parser.add_argument("--num-samples", type=positive_int, default=32, help="calibration windows (default 32)")
+    parser.add_argument("--num-samples", type=positive_int, default=None,
+                        help="calibration windows (default: the recipe's calibration.num_samples, else 32)")
     parser.add_argument("--seq-len", type=positive_int, default=None, help=seq_len_help)
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--timesteps", type=timesteps, default=None,
-                        help="comma-separated diffusion timesteps in [0, 1] (default: LLaDA grid 0.1..1.0; "
-                        "0 = clean rows)")
+                        help="comma-separated diffusion timesteps in [0, 1], 0 = clean rows (default: the "
+                        "recipe's calibration.timesteps, else the LLaDA grid 0.1..1.0)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="calibration rows per batch (default 1, or one window's timesteps for sink_policy)")
     parser.add_argument("--pipeline", choices=["sequential", "basic"], default="sequential", help=pipeline_help)

@@ -123,7 +123,7 @@ def prune_checkpoint(
     data,
     output_dir: str | Path,
     *,
-    num_samples: int = 32,
+    num_samples: int | None = None,
     seq_len: int | None = None,
     seed: int = 0,
     timesteps: tuple[float, ...] | None = None,
@@ -139,8 +139,9 @@ def prune_checkpoint(
     """Load ``model_path``, build its calibration set from ``data``, and :func:`prune_model` it.
 
     ``family`` overrides the family detected from ``config.json`` (see ``sink-modifier families``).
-    Timesteps default to the LLaDA grid for a diffusion family and ``(0.0,)`` (clean rows) for a
-    causal one. ``mask_token_id`` (``--mask-token-id``) names the mask token of a model whose
+    ``num_samples`` and ``timesteps`` default to the recipe's ``calibration:`` block
+    (:mod:`~sink_modifier.commands.recipe_calibration`), else to 32 windows at the LLaDA grid for a
+    diffusion family and ``(0.0,)`` (clean rows) for a causal one. ``mask_token_id`` (``--mask-token-id``) names the mask token of a model whose
     tokenizer and config name none; the written ``config.json`` records it.
 
     Every input is checked before the weights are read (:mod:`sink_modifier.commands.preflight`):
@@ -163,7 +164,8 @@ def prune_checkpoint(
     checked_recipe = check_recipe(recipe)
     model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
     chosen = model.family
-    timesteps = model.calibration_timesteps(timesteps)
+    choice = checked_recipe.calibration.choose(num_samples=num_samples, timesteps=timesteps, diffusion=chosen.diffusion)
+    num_samples, timesteps = choice.num_samples, model.calibration_timesteps(choice.timesteps)
     for modifier in checked_recipe.modifiers:  # a modifier option this family or grid cannot serve
         if hasattr(modifier, "check_calibration_plan"):
             modifier.check_calibration_plan(family=chosen, timesteps=timesteps)
@@ -183,7 +185,7 @@ def prune_checkpoint(
     return prune_model(
         loaded, checked_recipe, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
         overwrite=overwrite, trust_remote_code=trust_remote_code, seed=seed,
-        provenance={"source_model": str(model_path), "data": str(data)},
+        provenance={"source_model": str(model_path), "data": str(data)}, calibration_origin=choice.origin,
     )
 
 
@@ -199,12 +201,14 @@ def prune_model(
     trust_remote_code: bool = False,
     seed: int = 0,
     provenance: dict[str, str] | None = None,
+    calibration_origin: dict[str, str] | None = None,
 ) -> PruneResult:
     """Prune the loaded model with the YAML ``recipe`` on ``calibration``; write ``output_dir``.
 
     ``batch_size`` defaults to 1 row, or to one window's noised copies (``len(timesteps)``)
     when a modifier's ``sink_policy`` compares timesteps; results do not depend on it otherwise.
-    ``provenance`` (``source_model``, ``data``) goes into ``sink_modifier.json``. ``recipe`` is a
+    ``provenance`` (``source_model``, ``data``) and ``calibration_origin`` (where ``num_samples``
+    and ``timesteps`` came from: command line, recipe or default) go into ``sink_modifier.json``. ``recipe`` is a
     YAML file (checked by :func:`~sink_modifier.commands.recipe_check.check_recipe`) or what that
     check returned.
     """
@@ -255,7 +259,8 @@ def prune_model(
         "sparsity": None,  # measured from the checkpoint as written, below
         "family": chosen.name,
         "calibration": {**calibration.describe(), "data": provenance["data"], "batch_size": batch_size,
-                        "pipeline": pipeline, "diffusion": chosen.diffusion, "family_ignore": ignored},
+                        "pipeline": pipeline, "diffusion": chosen.diffusion, "family_ignore": ignored,
+                        **({"origin": calibration_origin} if calibration_origin else {})},
         "seed": seed,
         "prune_seconds": round(seconds, 2),
         "versions": package_versions(),

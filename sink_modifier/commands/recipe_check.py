@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sink_modifier.commands.recipe_calibration import BLOCK, RecipeCalibration, parse_calibration_block
+
 __all__ = ["CheckedRecipe", "check_recipe"]
 
 EXAMPLE = ("sparsity_stage: {sparsity_modifiers: {SinkAwareWandaPruningModifier: {sparsity: 0.5}}} "
@@ -33,6 +35,7 @@ class CheckedRecipe:
     path: Path
     text: str
     modifiers: list[Any]
+    calibration: RecipeCalibration = RecipeCalibration()  # its ``calibration:`` block (recipe_calibration.py)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def _entries(path: Path, root: Any, data: Any) -> list[_Entry]:
         )
     entries, skipped = [], []
     for stage_key, stage in data.items():
+        if stage_key == BLOCK:  # ours (the rows the settings were chosen with); llm-compressor skips it
+            continue
         if not (str(stage_key).endswith("_stage") and isinstance(stage, dict)):
             if isinstance(stage, dict):
                 skipped.append(str(stage_key))
@@ -228,4 +233,6 @@ def check_recipe(recipe: str | Path) -> CheckedRecipe:
     entries = _entries(path, root, data)
     modifiers = [_build(path, entry) for entry in entries]
     _check_order(path, entries, modifiers)
-    return CheckedRecipe(path=path, text=text, modifiers=modifiers)
+    key, node = _pair(root, BLOCK)
+    calibration = parse_calibration_block(path, data.get(BLOCK), node, key)
+    return CheckedRecipe(path=path, text=text, modifiers=modifiers, calibration=calibration)

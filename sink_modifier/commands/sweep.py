@@ -1,10 +1,11 @@
-"""``sink-modifier sweep``: one model, recipes × sparsities, one calibration, one table.
+"""``sink-modifier sweep``: one model, recipes × sparsities, one calibration per recipe, one table.
 
 For each recipe and each point of ``--sparsities`` (``0.5`` → ``mask_structure "0:0"`` and that
 sparsity; ``2:4`` → ``mask_structure "2:4"``), the recipe's pruning modifiers (those with
 ``sparsity`` and ``mask_structure`` fields, upstream's included) get the point's values and the
-dense model is pruned with :func:`~sink_modifier.commands.prune.prune_model` on one calibration
-set built once. The sink-aware modifiers run with ``sink_cache_dir`` in the output folder
+dense model is pruned with :func:`~sink_modifier.commands.prune.prune_model` on the recipe's
+calibration set (chosen as ``prune`` chooses it: options, then the recipe's ``calibration:``
+block), built once and shared by the recipes that choose the same rows. The sink-aware modifiers run with ``sink_cache_dir`` in the output folder
 (:mod:`sink_modifier.sinks.mask_cache`), so the sink pass of every calibration batch runs once
 for the whole sweep (and in the ``basic`` pipeline the Wanda statistics are computed once);
 results are bit-identical to separate ``prune`` runs.
@@ -269,7 +270,7 @@ def sweep(
     eval_data,
     output_dir: str | Path,
     *,
-    num_samples: int = 32,
+    num_samples: int | None = None,
     seq_len: int | None = None,
     seed: int = 0,
     timesteps: tuple[float, ...] | None = None,
@@ -293,6 +294,10 @@ def sweep(
 
     Everything is checked before the weights load: output folder, recipes (also as set to each
     point), model folder, both texts, tokenizer and mask token, the windows.
+
+    Each recipe is calibrated as ``prune`` would calibrate it: ``num_samples`` / ``timesteps`` when
+    given, else the recipe's ``calibration:`` block, else the defaults. Recipes that share a
+    calibration share its rows (and the sink-mask cache across their points).
     """
     import sink_modifier  # noqa: F401  (modifiers registered before the model loads, as in prune)
     import llmcompressor  # noqa: F401
@@ -322,22 +327,29 @@ def sweep(
 
         model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
         chosen = model.family
-        timesteps = model.calibration_timesteps(timesteps)
+        # one (num_samples, timesteps) per recipe, as prune would choose it
+        choices = [c.calibration.choose(num_samples=num_samples, timesteps=timesteps, diffusion=chosen.diffusion)
+                   for c in checked]
+        plans = [(c.num_samples, model.calibration_timesteps(c.timesteps)) for c in choices]
         seq_len = model.seq_len(seq_len)
         documents = load_documents(data, max_chars=max_chars)
         eval_documents = load_documents(eval_data, max_chars=eval_max_chars)
         tokenizer = model.check_tokenizer(needs_mask_token=chosen.diffusion)
-        windows = token_windows(documents, tokenizer, seq_len, num_samples, seed=seed)
+        windows = {n: token_windows(documents, tokenizer, seq_len, n, seed=seed) for n in dict.fromkeys(n for n, _ in plans)}
         eval_windows = token_windows(eval_documents, tokenizer, seq_len, num_windows, seed=seed)
         del documents, eval_documents
 
         start = time.perf_counter()
         logger.info(f"Loading {model_path}")
         loaded = model.load(dtype=dtype)
-        calibration = chosen.build_calibration(
-            windows, loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=num_samples,
-            timesteps=timesteps, seed=seed, max_chars=max_chars,
-        )
+        calibrations = {
+            plan: chosen.build_calibration(
+                windows[plan[0]], loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=plan[0],
+                timesteps=plan[1], seed=seed, max_chars=max_chars,
+            )
+            for plan in dict.fromkeys(plans)
+        }
+        calibration_of = {name: calibrations[plan] for name, plan in zip(names, plans)}
         scoring = dict(seed=seed, mc_samples=mc_samples, batch_size=eval_batch_size, progress=progress)
 
         def evaluate(folder_or_model) -> dict:
@@ -372,9 +384,10 @@ def sweep(
                         modifier.sink_cache_dir = str(cache_dir)
                 folder = (tmp / "checkpoints" if keep_checkpoints else tmp / ".scratch") / f"{name}-{point.slug}"
                 cpu = time.process_time()
-                pruned = prune_model(target, modifiers, calibration, folder, batch_size=batch_size,
+                pruned = prune_model(target, modifiers, calibration_of[name], folder, batch_size=batch_size,
                                      pipeline=pipeline, trust_remote_code=trust_remote_code, seed=seed,
-                                     provenance={"source_model": str(model_path), "data": str(data)}).metadata
+                                     provenance={"source_model": str(model_path), "data": str(data)},
+                                     calibration_origin=choices[names.index(name)].origin).metadata
                 cpu = time.process_time() - cpu  # this process's CPU seconds: calibration, pruning, saving
                 del target
                 gc.collect()
@@ -390,6 +403,9 @@ def sweep(
                     "measured_sparsity": pruned["sparsity"]["overall"],
                     "value": quality["value"], "stderr": quality["stderr"], "delta": delta, "delta_stderr": delta_se,
                     "per_window": quality["per_window"],
+                    "calibration": {"num_samples": calibration_of[name].num_samples,
+                                    "timesteps": [float(t) for t in calibration_of[name].timesteps],
+                                    "origin": choices[names.index(name)].origin},
                     "prune_seconds": pruned["prune_seconds"], "prune_cpu_seconds": round(cpu, 2),
                     "eval_seconds": round(eval_seconds, 2),
                     "cache": _cache_counts(modifiers.modifiers),
@@ -401,11 +417,12 @@ def sweep(
                 "model": str(model_path), "family": chosen.name, "data": str(data), "eval_data": str(eval_data),
                 "metric": dense["metric"], "unit": "nats/token",
                 "settings": {"num_samples": num_samples, "seq_len": seq_len, "seed": seed,
-                             "timesteps": [float(t) for t in timesteps], "batch_size": batch_size,
+                             "timesteps": None if timesteps is None else [float(t) for t in timesteps],
+                             "batch_size": batch_size,
                              "pipeline": pipeline, "dtype": dtype, "eval_dtype": eval_dtype,
                              "num_windows": int(eval_windows.shape[0]), "mc_samples": mc_samples,
                              "sparsities": [p.label for p in points], "recipes": [str(r.path) for r in checked]},
-                "calibration": calibration.describe(),
+                "calibration": {name: calibration_of[name].describe() for name in names},
                 "dense": {**{k: v for k, v in dense.items() if k != "weights"}, "eval_seconds": round(dense_seconds, 2)},
                 "points": rows,
                 "seconds": round(time.perf_counter() - start, 2),
@@ -445,6 +462,14 @@ def _cache_text(cache: dict) -> str:
     return ", ".join(parts) or "—"
 
 
+def _calibrations(result: dict) -> dict[str, dict]:
+    """Each recipe's calibration (num_samples, timesteps), from its first point."""
+    found: dict[str, dict] = {}
+    for row in result["points"]:
+        found.setdefault(row["name"], row["calibration"])
+    return found
+
+
 def markdown_table(result: dict) -> str:
     """The sweep as a Markdown table: one row per recipe × point, the dense model first."""
     metric = {"nelbo": "NELBO", "ce": "CE"}[result["metric"]]
@@ -455,9 +480,10 @@ def markdown_table(result: dict) -> str:
         f"{metric} in nats/token on {s['num_windows']} held-out windows of {s['seq_len']} tokens of "
         f"{result['eval_data']}" + (f", {s['mc_samples']} Monte-Carlo masks each" if result["metric"] == "nelbo" else "")
         + f", seed {s['seed']}; identical windows and masks for every model. Δ is pruned − dense per window "
-        "(paired standard error). Calibration: "
-        f"{s['num_samples']} windows × {len(s['timesteps'])} timesteps of {result['data']}, {s['pipeline']} pipeline. "
-        "Cache hits: calibration batches whose sink masks (and, basic pipeline, runs whose statistics) "
+        f"(paired standard error). Calibration on {result['data']}, {s['pipeline']} pipeline: "
+        + "; ".join(f"{name} {c['num_samples']} windows × {len(c['timesteps'])} timesteps"
+                    for name, c in _calibrations(result).items())
+        + ". Cache hits: calibration batches whose sink masks (and, basic pipeline, runs whose statistics) "
         "were reused from an earlier point.",
         "",
         f"| recipe | sparsity | measured | {metric} ± se | Δ vs dense ± paired se | prune s | cache hits |",
