@@ -2,7 +2,11 @@
 
 Held-out windows and evaluation masks depend only on ``(data, seq_len, num_windows, seed)``,
 never on the model, so a dense checkpoint and its pruned copies evaluated with the same
-arguments are scored on identical tokens and masks.
+arguments are scored on identical tokens and masks. ``--onnx`` scores a folder written by
+``sink-modifier export-onnx`` in ONNX Runtime the same way: family, tokenizer, mask token and
+windows come from its ``config.json`` and tokenizer files as for the checkpoint it was
+exported from (:mod:`sink_modifier.generation.onnx_model`), and the result says what ran it
+(``runtime``).
 """
 
 from __future__ import annotations
@@ -29,13 +33,18 @@ __all__ = ["add_parser", "evaluate_checkpoint", "evaluate_loaded", "run"]
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("eval", help="evaluate a model on held-out text")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True,
+                        help="model folder, or a folder written by `sink-modifier export-onnx` with --onnx")
     parser.add_argument("--data", required=True, help="held-out text (.txt/.txt.gz/.jsonl)")
     parser.add_argument("--num-windows", type=positive_int, default=64)
     parser.add_argument("--seq-len", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed for windows and masks (same for every model)")
     parser.add_argument("--mc-samples", type=positive_int, default=8, help="Monte-Carlo rows per window for the NELBO")
     parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--onnx", action="store_true",
+                        help="run the forward pass in ONNX Runtime (--model is an export folder; --dtype is ignored)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch / ORT intra-op (default: the library's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_max_chars_argument(parser, None)
     add_model_loading_arguments(parser, "float32")
@@ -43,11 +52,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = evaluate_checkpoint(
         args.model, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
         mc_samples=args.mc_samples, batch_size=args.batch_size, dtype=args.dtype, max_chars=args.max_chars,
         mask_token_id=args.mask_token_id,
         progress=show_progress(), trust_remote_code=args.trust_remote_code, family=args.family,
+        onnx=args.onnx, threads=args.threads,
     )
     if args.json:
         print(json.dumps(result))
@@ -74,17 +88,29 @@ def evaluate_checkpoint(
     trust_remote_code: bool = False,
     family: str | None = None,
     mask_token_id: int | None = None,
+    onnx: bool = False,
+    threads: int | None = None,
 ) -> dict:
     """Load ``model_path``, cut ``num_windows`` windows of ``data`` with its tokenizer, and
     :func:`evaluate_loaded` it.
 
     Model folder, text, tokenizer (and mask token: ``mask_token_id`` is ``--mask-token-id``) and
     windows are checked before the weights are read (:mod:`sink_modifier.commands.preflight`).
+    ``onnx``: ``model_path`` is an ONNX export folder, run in ONNX Runtime with ``threads``
+    intra-op threads (``None``: ORT's default); ``dtype`` is then the graph's own. The windows
+    and masks are those of the PyTorch checkpoint with the same arguments.
     """
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.data import load_documents, token_windows
+    from sink_modifier.generation.onnx_model import check_onnx_export, refuse_onnx_export_without_onnx
 
-    model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
+    if onnx:
+        model = check_onnx_export(model_path, family=family, trust_remote_code=trust_remote_code,
+                                  mask_token_id=mask_token_id, threads=threads)
+    else:
+        refuse_onnx_export_without_onnx(model_path)
+        model = check_model(model_path, family=family, trust_remote_code=trust_remote_code,
+                            mask_token_id=mask_token_id)
     seq_len = model.seq_len(seq_len)
     documents = load_documents(data, max_chars=max_chars)
     tokenizer = model.check_tokenizer(needs_mask_token=model.family.diffusion)
@@ -93,6 +119,12 @@ def evaluate_checkpoint(
     result = evaluate_loaded(loaded, windows, seed=seed, mc_samples=mc_samples, batch_size=batch_size,
                              progress=progress)
     return {"model": str(model_path), "data": str(data), **result}
+
+
+def _runtime(model) -> dict:
+    """``{"runtime": ...}`` for a model that says what runs it (ONNX Runtime), else nothing."""
+    runtime = getattr(model, "runtime", None)
+    return {"runtime": runtime} if isinstance(runtime, dict) else {}
 
 
 def evaluate_loaded(
@@ -128,4 +160,4 @@ def evaluate_loaded(
         corrupt=chosen.evaluation_corruption(tokenizer, model.config, seed) if diffusion else None,
     )
     return {"family": chosen.name, "kind": "diffusion" if diffusion else "causal", "objective": chosen.objective,
-            **result}
+            **result, **_runtime(model)}

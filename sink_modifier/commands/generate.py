@@ -2,7 +2,8 @@
 
 Heavy imports happen inside :func:`run`. All model loading is in :func:`load_for_generation`:
 a model folder through the family loader (which supplies ``logits_fn``, ``logit_shift`` and
-any native sampler), or an ONNX export folder.
+any native sampler), or (``--onnx``) an ONNX export folder read through the same family,
+whose forward runs in ONNX Runtime; its ``--json`` then says so (``runtime``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="1 for Dream-style models whose logits[i] predict token i+1 (default: the family's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's random draws (default 0)")
     parser.add_argument("--onnx", action="store_true", help="run the forward pass in ONNX Runtime (export folder)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch / ORT")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch / ORT intra-op (default: the library's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_loading_arguments(parser, "float32")
     return parser
@@ -64,27 +66,27 @@ class GenerationModel:
     logit_shift: int = 0
     eos_token_id: int | None = None
     native: Callable | None = None  # (prompt_ids, gen_length) -> ids, or None: use our sampler
+    runtime: dict | None = None  # what runs the forward when it is not PyTorch (OnnxDenoiser.runtime)
 
 
 def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool = False,
                         trust_remote_code: bool = False, threads: int | None = None,
                         family: str | None = None, mask_token_id: int | None = None) -> GenerationModel:
-    """Load a model folder (or an ONNX export folder) with its tokenizer and mask id
-    (``mask_token_id``: ``--mask-token-id``, else the model's own); a model folder is checked
-    before its weights are read (:mod:`sink_modifier.commands.preflight`)."""
+    """Load a model folder (or, with ``onnx``, an ONNX export folder run in ONNX Runtime with
+    ``threads`` intra-op threads) with its tokenizer and mask id (``mask_token_id``:
+    ``--mask-token-id``, else the model's own); either folder is checked before its weights are
+    read or its session started (:mod:`sink_modifier.commands.preflight`,
+    :mod:`sink_modifier.generation.onnx_model`). An export folder is read through its family
+    like the checkpoint it came from (mask token, logit shift)."""
     from sink_modifier.commands.preflight import check_model
-    from sink_modifier.families import load_tokenizer
-    from sink_modifier.process import resolve_mask_token_id
+    from sink_modifier.generation.onnx_model import check_onnx_export, refuse_onnx_export_without_onnx
 
     if onnx:
-        tokenizer = load_tokenizer(path, family=family, trust_remote_code=trust_remote_code)
-        from sink_modifier.generation.onnx_runtime import OnnxDenoiser
-
-        denoiser = OnnxDenoiser(path, intra_op_threads=threads)
-        mask_id = (mask_token_id if mask_token_id is not None else denoiser.mask_token_id
-                   if denoiser.mask_token_id is not None else resolve_mask_token_id(tokenizer))
-        return GenerationModel(denoiser, tokenizer, mask_id, logits_fn=denoiser)
-    checked = check_model(path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
+        checked = check_onnx_export(path, family=family, trust_remote_code=trust_remote_code,
+                                    mask_token_id=mask_token_id, threads=threads)
+    else:
+        refuse_onnx_export_without_onnx(path)
+        checked = check_model(path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
     if not checked.family.diffusion:
         raise ValueError(
             f"{path} is a {checked.family.name} (autoregressive) model; denoising generation needs a diffusion LM "
@@ -95,7 +97,7 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
     model, chosen = loaded.model, loaded.family
     return GenerationModel(model, loaded.tokenizer, loaded.mask_token_id,
                            logits_fn=lambda ids: chosen.logits(model, ids), logit_shift=chosen.logit_shift,
-                           native=_native_sampler(model, chosen))
+                           native=_native_sampler(model, chosen), runtime=getattr(model, "runtime", None))
 
 
 def _native_sampler(model, family):
@@ -166,6 +168,7 @@ def _report(args, loaded: GenerationModel, result) -> int:
             "gen_length": args.gen_length, "steps": result.steps, "steps_requested": args.steps,
             "forward_passes": result.forward_passes,
             "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
+            **({"runtime": loaded.runtime} if loaded.runtime is not None else {}),
         }))
     else:
         print(args.prompt + completion)

@@ -20,7 +20,8 @@ class OnnxDenoiser:
 
     ``path`` is an export folder (holding ``model.onnx``) or an ``.onnx`` file. The mask id,
     ``max_position_embeddings`` and vocabulary size come from the metadata ``export_onnx``
-    stores in the file; they are ``None`` for files exported elsewhere.
+    stores in the file; they are ``None`` for files exported elsewhere. ``intra_op_threads``
+    is ORT's intra-op thread count (``None``: ORT's default, one per physical core).
     """
 
     def __init__(self, path: str | Path, *, providers: list[str] | None = None, intra_op_threads: int | None = None):
@@ -39,6 +40,7 @@ class OnnxDenoiser:
         if intra_op_threads is not None:
             options.intra_op_num_threads = intra_op_threads
         self.path = onnx_file
+        self.intra_op_threads = intra_op_threads
         self.session = ort.InferenceSession(str(onnx_file), options,
                                             providers=providers or _default_providers(ort))
         inputs = [i.name for i in self.session.get_inputs()]
@@ -62,6 +64,14 @@ class OnnxDenoiser:
         self.calls += 1
         array = ids.detach().to("cpu", torch.int64).contiguous().numpy()
         return torch.from_numpy(self.session.run([self._output], {"input_ids": array})[0])
+
+    @property
+    def runtime(self) -> dict:
+        """What ran the graph, for result records (``threads``: ``None`` is ORT's default)."""
+        import onnxruntime as ort
+
+        return {"engine": "onnxruntime", "version": ort.__version__, "providers": self.session.get_providers(),
+                "threads": self.intra_op_threads, "file": str(self.path)}
 
     def __repr__(self) -> str:
         return f"OnnxDenoiser({str(self.path)!r}, providers={self.session.get_providers()})"

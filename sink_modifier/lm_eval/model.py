@@ -30,6 +30,15 @@ its masks in :mod:`~sink_modifier.scoring.masks`, logits alignment / guidance / 
 * ``generate_until``: the family's own sampler where it has one (``family.native_generate``),
   else :func:`sink_modifier.generation.generate` (low-confidence remasking), cut at the first
   EOS and the first stop string. Works in a single process (the reference crashed there).
+* **ONNX Runtime.** ``pretrained=`` a folder written by ``sink-modifier export-onnx`` (it holds
+  ``model.onnx``; fp32 or an int8 graph) runs every forward in ONNX Runtime: detected from the
+  folder, or asked for with ``onnx=True`` (``onnx=False`` refuses an export folder).
+  Family, tokenizer, mask token and logit shift come from the folder's ``config.json`` and
+  tokenizer as for the checkpoint it was exported from
+  (:mod:`sink_modifier.generation.onnx_model`), so loglikelihood and generation are the same
+  code on ORT logits; ``threads=N`` sets ORT's intra-op threads, ``dtype`` is the graph's own,
+  tensors stay on the CPU unless ``device`` says otherwise, and :meth:`get_model_info` records
+  the runtime (providers, threads).
 * ``accelerate launch --num_processes N``: lm-eval's evaluator shards the documents by
   ``rank`` / ``world_size`` and gathers the results through :meth:`all_gather` /
   :meth:`gather_object` (as for lm-eval's ``hf`` model); each rank holds its own copy of the
@@ -86,7 +95,10 @@ class DiffusionLM(TemplateLM):
 
     Model args (``--model_args key=value,...``):
         pretrained: model folder (``config.json``; compressed-tensors quantized checkpoints are
-            dequantized at load) or an already loaded model (then pass ``tokenizer``).
+            dequantized at load), an ONNX export folder (``model.onnx``, run in ONNX Runtime), or
+            an already loaded model (then pass ``tokenizer``).
+        onnx: run ``pretrained`` in ONNX Runtime; default: whether the folder holds ``model.onnx``.
+        threads: ONNX Runtime intra-op threads (default ORT's: one per physical core).
         tokenizer: tokenizer folder or object (default: ``pretrained``).
         mc_num: Monte-Carlo draws per ``loglikelihood`` request (default 128, as the reference).
         batch_size: rows per forward pass (default 32; lm-eval's ``--batch_size`` sets it too).
@@ -132,6 +144,8 @@ class DiffusionLM(TemplateLM):
         device: str | None = None,
         trust_remote_code: bool = False,
         seed: int = 1234,
+        onnx: bool | None = None,
+        threads: int | None = None,
         max_batch_size: int | None = None,  # passed by lm-eval's CLI; unused
         **unused,
     ) -> None:
@@ -139,9 +153,12 @@ class DiffusionLM(TemplateLM):
         if unused:
             log.warning("sink_dlm ignores unknown model args %s", sorted(unused))
         trust_remote_code = _as_bool(trust_remote_code)
-        self._setup_distributed(device)
+        self.onnx = self._use_onnx(pretrained, onnx)
+        # ORT returns its logits on the CPU: keep the sampler's tensors there unless told otherwise
+        self._setup_distributed("cpu" if self.onnx and device is None else device)
         self._model, self.tokenizer, self.family = self._load(
-            pretrained, tokenizer, dtype, trust_remote_code, None if family in (None, "", "None") else str(family)
+            pretrained, tokenizer, dtype, trust_remote_code, None if family in (None, "", "None") else str(family),
+            onnx=self.onnx, threads=_optional_int(threads),
         )
         if not self.family.diffusion:
             raise ValueError(
@@ -208,11 +225,31 @@ class DiffusionLM(TemplateLM):
         self._device = torch.device(device)
 
     @staticmethod
-    def _load(pretrained, tokenizer, dtype: str, trust_remote_code: bool, family: str | None):
+    def _use_onnx(pretrained, onnx) -> bool:
+        """``onnx=`` as given, else whether ``pretrained`` is an ONNX export folder."""
+        from sink_modifier.generation.onnx_model import is_onnx_export
+
+        export = not isinstance(pretrained, torch.nn.Module) and bool(pretrained) and is_onnx_export(pretrained)
+        if onnx is None or (isinstance(onnx, str) and onnx.strip().lower() in ("", "none")):
+            return export
+        onnx = _as_bool(onnx)
+        if not onnx and export:
+            raise ValueError(f"{pretrained} is an ONNX export (model.onnx, no PyTorch weights); pass onnx=True "
+                             "(or leave onnx out) to run it in ONNX Runtime")
+        if onnx and isinstance(pretrained, torch.nn.Module):
+            raise ValueError("onnx=True needs pretrained=<folder written by `sink-modifier export-onnx`>, "
+                             "not a loaded model")
+        return onnx
+
+    @staticmethod
+    def _load(pretrained, tokenizer, dtype: str, trust_remote_code: bool, family: str | None, *,
+              onnx: bool = False, threads: int | None = None):
         """(model, tokenizer, family); a folder loads through :func:`sink_modifier.families.load_pretrained`
-        (family detected from ``config.json`` unless named; quantized checkpoints dequantized), a
-        loaded model keeps the family named, else the one its config shows."""
+        (family detected from ``config.json`` unless named; quantized checkpoints dequantized), an
+        ONNX export folder (``onnx``) through :func:`sink_modifier.generation.onnx_model.check_onnx_export`,
+        a loaded model keeps the family named, else the one its config shows."""
         from sink_modifier.families import family_of_model, get_family, load_pretrained, load_tokenizer
+        from sink_modifier.generation.onnx_model import check_onnx_export
 
         if isinstance(pretrained, torch.nn.Module):
             if tokenizer is None:
@@ -221,7 +258,11 @@ class DiffusionLM(TemplateLM):
         else:
             if not pretrained:
                 raise ValueError("sink_dlm needs pretrained=<model folder>")
-            loaded = load_pretrained(pretrained, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
+            if onnx:
+                loaded = check_onnx_export(pretrained, family=family, trust_remote_code=trust_remote_code,
+                                           threads=threads).load()
+            else:
+                loaded = load_pretrained(pretrained, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
             model, chosen = loaded.model, loaded.family
             if tokenizer is None:
                 tokenizer = loaded.tokenizer
@@ -276,6 +317,8 @@ class DiffusionLM(TemplateLM):
                 "family": self.family.name,
                 "seed": self.seed,
                 "max_length": self.max_length,
+                **({"runtime": self._model.runtime} if isinstance(getattr(self._model, "runtime", None), dict)
+                   else {}),
             }
         }
 
