@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sink_modifier.families import LoadedModel, ModelFamily, ModelFolder
 
-__all__ = ["CheckedModel", "check_model"]
+__all__ = ["CheckedModel", "check_model", "transformers_config"]
 
 DEFAULT_SEQ_LEN = 2048  # for configs that name no positional limit
 
@@ -90,11 +90,11 @@ def check_model(
     from sink_modifier.families.loading import check_model_folder
 
     source = check_model_folder(path, family, trust_remote_code=trust_remote_code)
-    return CheckedModel(path=str(path), source=source, config=_transformers_config(source, trust_remote_code),
+    return CheckedModel(path=str(path), source=source, config=transformers_config(source, trust_remote_code),
                         trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
 
 
-def _transformers_config(source: ModelFolder, trust_remote_code: bool) -> Any:
+def transformers_config(source: ModelFolder, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
     try:

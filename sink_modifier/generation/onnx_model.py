@@ -105,7 +105,7 @@ def check_onnx_export(
     A model checkpoint folder (weights, no ``model.onnx``) and a single ``.onnx`` file (no
     config or tokenizer beside it) are refused, each naming what to pass instead.
     """
-    from sink_modifier.commands.preflight import _transformers_config
+    from sink_modifier.commands.preflight import transformers_config
     from sink_modifier.export.onnx_export import ONNX_FILE
     from sink_modifier.families import open_model_folder
     from sink_modifier.families.remote_code import check_custom_code
@@ -127,7 +127,7 @@ def check_onnx_export(
     source = open_model_folder(folder, family)
     check_custom_code(source.folder, source.config, trust_remote_code, source.family)
     _check_family_forward(source.family, folder)
-    return CheckedOnnxExport(path=str(path), source=source, config=_transformers_config(source, trust_remote_code),
+    return CheckedOnnxExport(path=str(path), source=source, config=transformers_config(source, trust_remote_code),
                              trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
                              onnx_file=folder / ONNX_FILE, threads=threads, providers=providers)
 
