@@ -5,7 +5,7 @@ never on the model, so a dense checkpoint and its pruned copies evaluated with t
 arguments are scored on identical tokens and masks. ``--onnx`` scores a folder written by
 ``sink-modifier export-onnx`` in ONNX Runtime the same way: family, tokenizer, mask token and
 windows come from its ``config.json`` and tokenizer files as for the checkpoint it was
-exported from (:mod:`sink_modifier.generation.onnx_model`), and the result says what ran it
+exported from (:mod:`sink_modifier.commands.onnx_preflight`), and the result says what ran it
 (``runtime``).
 """
 
@@ -102,7 +102,7 @@ def evaluate_checkpoint(
     """
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.data import load_documents, token_windows
-    from sink_modifier.generation.onnx_model import check_onnx_export, refuse_onnx_export_without_onnx
+    from sink_modifier.commands.onnx_preflight import check_onnx_export, refuse_onnx_export_without_onnx
 
     if onnx:
         model = check_onnx_export(model_path, family=family, trust_remote_code=trust_remote_code,

@@ -20,13 +20,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Writes input_ids [batch, seq_len] -> logits [batch, seq_len, vocab] with dynamic batch and "
                     "sequence axes. OUTPUT ending in .onnx is one file; otherwise a folder with model.onnx, "
                     "config.json, the tokenizer and onnx_export.json (usable with `generate --onnx`). "
-                    "Quantized checkpoints are exported dequantized (float weights).",
+                    "A W8A8 int8 checkpoint exports as an int8 graph holding its own int8 weights and scales, "
+                    "with dynamic per-token int8 activations as the recipe quantized them (ONNX Runtime int8 "
+                    "kernels); a W4A16 int4 checkpoint as MatMulNBits holding its int4 values and group scales. "
+                    "The output head and unquantized layers stay float. Schemes ONNX Runtime's CPU provider "
+                    "cannot run as stored (FP8, ...) are refused unless --dequantize.",
     )
     parser.add_argument("--model", required=True, help="model folder (from_pretrained path)")
     parser.add_argument("--output", required=True, help="folder, or a file ending in .onnx")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--atol", type=non_negative_float, default=1e-3,
-                        help="largest ORT-vs-PyTorch logit difference accepted (default 1e-3)")
+    parser.add_argument("--atol", type=non_negative_float, default=None,
+                        help="largest ORT-vs-PyTorch logit difference accepted (default 1e-3 for float and int4 "
+                             "graphs; 1.0 for an int8 graph, compared with the compressed-tensors fake-quantized "
+                             "forward)")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="export a quantized checkpoint as a float graph of its decompressed weights "
+                             "(no activation quantization) instead of keeping its quantization")
     parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's graph optimizer (faster export)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -39,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.export.atomic import check_output_dir, check_output_file
     from sink_modifier.export.onnx_export import export_onnx, load_for_export
+    from sink_modifier.export.onnx_quantization import ExportPrecision, plan_export
     from sink_modifier.families.mask_choice import set_mask_token_id
 
     # refuse a taken or unwritable output and a broken model folder before the (slow) load;
@@ -47,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
     check(args.output, args.overwrite)
     model = check_model(args.model, family=args.family, trust_remote_code=args.trust_remote_code,
                         mask_token_id=args.mask_token_id)
+    # a quantization scheme the export cannot keep is refused from config.json, before any load
+    plan = plan_export(model.source.config, dequantize=args.dequantize)
+    if plan.precision is not ExportPrecision.FLOAT and args.dtype not in ("float32", "auto"):
+        raise ValueError(f"an {plan.precision.value} export computes its float parts in float32; drop --dtype "
+                         f"{args.dtype}, or pass --dequantize for a float graph in {args.dtype}")
     tokenizer = model.check_tokenizer(needs_mask_token=False)
-    loaded = load_for_export(model.source, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    loaded = load_for_export(model.source, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                             dequantize=args.dequantize)
     if args.mask_token_id is not None:  # recorded in the export's config.json and onnx_export.json
         set_mask_token_id(loaded.family, tokenizer, loaded.model.config, args.mask_token_id)
         loaded.tokenizer = tokenizer
@@ -56,10 +72,12 @@ def run(args: argparse.Namespace) -> int:
                          optimize=not args.no_optimize, overwrite=args.overwrite)
     if args.json:
         print(json.dumps({"path": str(result.path), "opset": result.opset, "seconds": result.seconds,
-                          "max_abs_diff": result.max_abs_diff, "bidirectional": result.bidirectional}))
+                          "precision": result.metadata["precision"], "max_abs_diff": result.max_abs_diff,
+                          "bidirectional": result.bidirectional}))
     else:
         checked = (f"; ONNX Runtime vs PyTorch max |Δlogit| {max(result.max_abs_diff.values()):.2e} "
                    f"at {', '.join(result.max_abs_diff)}, bidirectional: {result.bidirectional}"
                    if result.max_abs_diff else " (not checked)")
-        print(f"wrote {result.path} (opset {result.opset}) in {result.seconds:.1f} s{checked}")
+        print(f"wrote {result.path} ({result.metadata['precision']}, opset {result.opset}) "
+              f"in {result.seconds:.1f} s{checked}")
     return 0

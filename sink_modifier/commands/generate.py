@@ -76,10 +76,10 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
     ``threads`` intra-op threads) with its tokenizer and mask id (``mask_token_id``:
     ``--mask-token-id``, else the model's own); either folder is checked before its weights are
     read or its session started (:mod:`sink_modifier.commands.preflight`,
-    :mod:`sink_modifier.generation.onnx_model`). An export folder is read through its family
+    :mod:`sink_modifier.commands.onnx_preflight`). An export folder is read through its family
     like the checkpoint it came from (mask token, logit shift)."""
     from sink_modifier.commands.preflight import check_model
-    from sink_modifier.generation.onnx_model import check_onnx_export, refuse_onnx_export_without_onnx
+    from sink_modifier.commands.onnx_preflight import check_onnx_export, refuse_onnx_export_without_onnx
 
     if onnx:
         checked = check_onnx_export(path, family=family, trust_remote_code=trust_remote_code,

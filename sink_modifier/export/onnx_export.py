@@ -7,10 +7,16 @@ no KV cache and no attention-mask input: a masked diffusion LM attends bidirecti
 the whole canvas at every step, and the export is verified against PyTorch with ONNX
 Runtime (at two sequence lengths, which also catches a graph that turned causal).
 
-A quantized compressed-tensors checkpoint is exported *dequantized*: its weights are
-decompressed to float and put into a plain model of the same config, so weight
-quantization (and pruning zeros) is reproduced exactly; activation fake-quantization
-(W8A8, FP8 dynamic) is not part of the exported graph.
+A quantized compressed-tensors checkpoint keeps its own quantization where ONNX Runtime's
+CPU provider can run it (:mod:`sink_modifier.export.onnx_quantization` decides from
+``config.json``, before anything slow): a W8A8 int8 checkpoint becomes an int8 graph holding
+the stored int8 weights and scales, with the recipe's dynamic per-token int8 activations
+(:mod:`sink_modifier.export.onnx_int8`); the output head and every layer the recipe left
+unquantized stay float. Other schemes (FP8, ...) are refused unless ``dequantize=True``
+(``--dequantize``), which exports the float graph of the decompressed weights: weight
+quantization and pruning zeros reproduced exactly, activation quantization not at all.
+The float graph is always exported first; the int8 graph is a rewrite of it. It is
+checked against the compressed-tensors model's own fake-quantized forward.
 
 Output: a folder (``model.onnx`` with external weight data beside it when large, plus
 ``config.json``, the tokenizer files and ``onnx_export.json``), or a single ``.onnx`` file
@@ -19,6 +25,7 @@ Output: a folder (``model.onnx`` with external weight data beside it when large,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import time
@@ -36,13 +43,38 @@ from sink_modifier.export.atomic import (
     write_file_atomically,
     write_json_atomically,
 )
+from sink_modifier.export.onnx_quantization import (
+    DEQUANTIZE_HINT,
+    ExportPrecision,
+    QuantizedExportPlan,
+    QuantizedLinear,
+    plan_export,
+    read_quantized_linears,
+)
 from sink_modifier.families import DTYPES, LoadedModel, ModelFamily, load_pretrained, open_model_folder
 
-__all__ = ["ONNX_FILE", "ONNX_METADATA_FILE", "OnnxExportResult", "export_onnx", "load_for_export"]
+__all__ = [
+    "DEFAULT_ATOL",
+    "ONNX_FILE",
+    "ONNX_METADATA_FILE",
+    "ExportModel",
+    "OnnxExportResult",
+    "export_onnx",
+    "load_for_export",
+]
 
 ONNX_FILE = "model.onnx"
 ONNX_METADATA_FILE = "onnx_export.json"
 _PROTOBUF_LIMIT = 2 * 1024**3
+# Largest ORT-vs-PyTorch |Δlogit| accepted by default. Float graphs reproduce PyTorch to float
+# rounding, and so do W4A16 int4 graphs (float activations; 1.3e-5 on tiny-dlm). An int8
+# graph computes the same activation integers as the compressed-tensors fake-quantized
+# forward, but a last-bit difference in a layer's input moves a value across a rounding
+# boundary now and then, and dynamic int8 amplifies that through the layers: on tiny-dlm
+# W8A8 ORT vs PyTorch differ by at most 0.25 over 48 random batches (lengths 8 to 256;
+# logits of magnitude ~13), as PyTorch's own fake-quant forward does in float32 vs float64
+# (0.30). 1.0 is four times that; a wrong scale or transposed weight lands far above.
+DEFAULT_ATOL = {ExportPrecision.FLOAT: 1e-3, ExportPrecision.INT8: 1.0, ExportPrecision.INT4: 1e-3}
 
 
 @dataclass(frozen=True)
@@ -68,42 +100,95 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, **self._kwargs).logits
 
 
+@dataclass
+class ExportModel(LoadedModel):
+    """A :class:`LoadedModel` ready to export: ``model`` is a plain float model (a quantized
+    checkpoint's weights decompressed); ``plan`` says which graph it becomes; for an integer
+    export, ``reference`` is the compressed-tensors model whose fake-quantized forward the ORT
+    check compares with, and ``quantized_linears`` holds the checkpoint's stored weights."""
+
+    plan: QuantizedExportPlan = dataclasses.field(
+        default_factory=lambda: QuantizedExportPlan(ExportPrecision.FLOAT, quantized_checkpoint=False))
+    reference: nn.Module | None = None
+    quantized_linears: dict[str, QuantizedLinear] = dataclasses.field(default_factory=dict, repr=False)
+
+
 def load_for_export(
     path: str | Path, *, family: str | ModelFamily | None = None, dtype: str = "float32",
-    trust_remote_code: bool = False,
-) -> LoadedModel:
-    """Load a model folder as a plain float model (quantized checkpoints dequantized)."""
+    trust_remote_code: bool = False, dequantize: bool = False,
+) -> ExportModel:
+    """Load a model folder for :func:`export_onnx`.
+
+    A float checkpoint loads as it is. A quantized one is planned from ``config.json`` first
+    (:func:`plan_export`: a ``ValueError`` naming ``--dequantize`` for a scheme that cannot be
+    exported as stored, before any weight is read); an integer plan loads the compressed-tensors
+    model in float32 (the reference) and a plain model sharing its decompressed weights;
+    ``dequantize=True`` gives the plain model alone, in ``dtype``, with a warning that the
+    graph will be float.
+    """
+    from loguru import logger
+
     source = open_model_folder(path, family)
+    plan = plan_export(source.config, dequantize=dequantize)
     if not source.quantized:
-        return load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, quantized=False)
-    loaded = load_pretrained(source, trust_remote_code=trust_remote_code, quantized=True)
-    return dataclasses.replace(loaded, model=_dequantized_plain(loaded.model, dtype))
+        loaded = load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, quantized=False)
+        return ExportModel(**_fields(loaded), plan=plan)
+    if plan.dequantized:
+        logger.warning(f"exporting {source.folder} dequantized: the graph holds float weights and runs float "
+                       "activations, not the checkpoint's quantization")
+        loaded = load_pretrained(source, trust_remote_code=trust_remote_code, quantized=True)
+        return ExportModel(**{**_fields(loaded), "model": _dequantized_plain(loaded.model, dtype)}, plan=plan)
+    if dtype not in ("float32", "auto"):
+        raise ValueError(f"an {plan.precision.value} export computes its float parts in float32, not {dtype}; "
+                         f"drop --dtype, or {DEQUANTIZE_HINT}")
+    linears = read_quantized_linears(source.folder, plan)
+    loaded = load_pretrained(source, dtype="float32", trust_remote_code=trust_remote_code, quantized=True)
+    plain = _dequantized_plain(loaded.model, "float32", share_weights=True)
+    return ExportModel(**{**_fields(loaded), "model": plain}, plan=plan, reference=loaded.model,
+                       quantized_linears=linears)
 
 
-def _dequantized_plain(quantized: nn.Module, dtype: str) -> nn.Module:
-    """A model of the same config without quantization modules, holding the dequantized weights."""
-    config = quantized.config
+def _fields(loaded: LoadedModel) -> dict:
+    return {f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedModel)}
+
+
+def _dequantized_plain(quantized: nn.Module, dtype: str, *, share_weights: bool = False) -> nn.Module:
+    """A model of the same config without quantization modules, holding the dequantized weights
+    (``share_weights``: the very tensors of ``quantized``, no copy; both must be in ``dtype``)."""
+    config = copy.deepcopy(quantized.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     torch_dtype = torch.float32 if DTYPES[dtype] == "auto" else DTYPES[dtype]
     plain = type(quantized)._from_config(config, dtype=torch_dtype)
     wanted = plain.state_dict()
     state = {k: v for k, v in quantized.state_dict().items() if k in wanted}
-    missing = plain.load_state_dict(state, strict=False).missing_keys
+    missing = plain.load_state_dict(state, strict=False, assign=share_weights).missing_keys
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied:
         raise RuntimeError(f"the dequantized checkpoint lacks weights {sorted(set(missing) - tied)[:5]} "
                            "of the plain model; it cannot be exported as a float graph")
+    if share_weights and tied:
+        plain.tie_weights()  # assign=True replaced the embedding the head was tied to
     return plain.to(torch_dtype).eval()
 
 
-def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool) -> tuple[nn.Module, Path | None]:
+def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool, dequantize: bool) -> ExportModel | nn.Module:
+    """An :class:`ExportModel`, or a bare module (exported as the float graph it is)."""
     if isinstance(model_or_dir, nn.Module):
-        return model_or_dir.eval(), None
-    loaded = model_or_dir if isinstance(model_or_dir, LoadedModel) else load_for_export(
-        model_or_dir, dtype=dtype, trust_remote_code=trust_remote_code
-    )
-    return loaded.model, loaded.folder
+        return model_or_dir.eval()
+    if isinstance(model_or_dir, ExportModel):
+        return model_or_dir
+    if isinstance(model_or_dir, LoadedModel):
+        plan = plan_export(model_or_dir.config, dequantize=True)
+        if not plan.quantized_checkpoint:
+            return ExportModel(**_fields(model_or_dir), plan=plan)
+        if not dequantize:
+            raise ValueError("this LoadedModel holds a quantized checkpoint as load_pretrained decompresses it; pass "
+                             "its folder (or load_for_export(folder)) to keep its quantization, or dequantize=True "
+                             "for a float graph")
+        return ExportModel(**{**_fields(model_or_dir), "model": _dequantized_plain(model_or_dir.model, dtype)},
+                           plan=plan)
+    return load_for_export(model_or_dir, dtype=dtype, trust_remote_code=trust_remote_code, dequantize=dequantize)
 
 
 def _example_ids(config, batch: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -152,34 +237,49 @@ def export_onnx(
     opset: int | None = None,
     example_seq_len: int = 17,
     check_lengths: tuple[int, ...] = (8, 33),
-    atol: float = 1e-3,
+    atol: float | None = None,
     check: bool = True,
     optimize: bool = True,
     overwrite: bool = False,
     trust_remote_code: bool = False,
     tokenizer=None,
+    dequantize: bool = False,
+    int8_kernel: str = "matmul-integer-to-float",
 ) -> OnnxExportResult:
     """Export ``input_ids [B, L] -> logits [B, L, V]`` with dynamic ``B`` and ``L``; verify with ORT.
 
     ``model_or_dir`` is a model, one loaded by :func:`load_for_export` (its folder supplies the
-    tokenizer files), or a model folder (loaded that way here; ``dtype`` applies only then).
+    tokenizer files), or a model folder (loaded that way here; ``dtype`` and ``dequantize``
+    apply only then). A W8A8 int8 checkpoint becomes an int8 graph; ``dequantize=True`` gives
+    the float graph of its decompressed weights instead (see the module docstring).
     ``out_path`` ending in ``.onnx`` is written as one self-contained file (under 2 GB of
     weights); anything else is a folder with ``model.onnx``, external data if needed,
     ``config.json``, the tokenizer (copied from the source folder or ``tokenizer``) and
     ``onnx_export.json``. ``check`` runs ONNX Runtime at ``check_lengths`` (batch 2) and raises
-    if any logit differs from PyTorch by more than ``atol``. ``optimize`` runs onnxscript's graph
-    optimizer (constant folding, redundant-op removal) after the export; turning it off saves
-    export time and gives a larger, equally exact graph.
+    if any logit differs from PyTorch by more than ``atol`` (default :data:`DEFAULT_ATOL` for
+    the graph's precision; an int8 graph is compared with the compressed-tensors model's
+    fake-quantized forward). ``optimize`` runs onnxscript's graph optimizer (constant folding,
+    redundant-op removal) after the export; turning it off saves export time and gives a
+    larger, equally exact graph. ``int8_kernel``: an :class:`~sink_modifier.export.onnx_int8.Int8Kernel`
+    value (for benchmarks; the default is the fastest that keeps the recipe's arithmetic).
     """
     try:
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxscript (and onnxruntime to check it): "
                           "pip install 'sink-modifier[onnx]'") from err
+    from sink_modifier.export.onnx_int8 import Int8Kernel
+
+    kernel = Int8Kernel(int8_kernel)  # a bad value fails here, before any work
     out = Path(out_path)
     single_file = out.suffix == ".onnx"
     check_output_dir(out, overwrite) if not single_file else check_output_file(out, overwrite)
-    model, source = _resolve_model(model_or_dir, dtype, trust_remote_code)
+    resolved = _resolve_model(model_or_dir, dtype, trust_remote_code, dequantize)
+    model = resolved.model if isinstance(resolved, ExportModel) else resolved
+    source = resolved.folder if isinstance(resolved, ExportModel) else None
+    plan = resolved.plan if isinstance(resolved, ExportModel) else plan_export({})
+    reference = resolved.reference if plan.precision is not ExportPrecision.FLOAT else model
+    atol = DEFAULT_ATOL[plan.precision] if atol is None else atol
     config = getattr(model, "config", None)
     if getattr(config, "is_causal", None) is True:
         warnings.warn("config.is_causal is True: exporting a causal model; the diffusion sampler "
@@ -210,15 +310,21 @@ def export_onnx(
                 opset_version=opset, optimize=optimize, verbose=False,
             )
         result["opset"], result["optimize"] = _opset_of(program), optimize
-        # the facts a runtime needs travel inside the .onnx file too (ORT: custom_metadata_map)
-        for key, value in _runtime_facts(config).items():
-            program.model.metadata_props[key] = value
-        program.save(str(onnx_path), external_data=external)
+        facts = _runtime_facts(config)
+        if plan.precision is ExportPrecision.FLOAT:
+            # the facts a runtime needs travel inside the .onnx file too (ORT: custom_metadata_map)
+            for key, value in facts.items():
+                program.model.metadata_props[key] = value
+            program.save(str(onnx_path), external_data=external)
+        else:
+            result["quantization"] = _save_quantized(program, onnx_path, resolved, plan, kernel, facts, external)
+        wrapped_reference = _LogitsOnly(reference).eval()
         if check:
-            result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapper, config, lengths, atol)
+            result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapped_reference, config, lengths, atol)
         else:
             result["diffs"], result["bidirectional"] = {}, None
-        result["metadata"] = _metadata(model, source, result, time.perf_counter() - start)
+        result["atol"] = atol if check else None
+        result["metadata"] = _metadata(model, source, plan, result, time.perf_counter() - start)
         if not single_file:
             if config is not None:
                 config.save_pretrained(target)
@@ -232,6 +338,51 @@ def export_onnx(
     return OnnxExportResult(path=onnx_file, opset=result["opset"], seconds=time.perf_counter() - start,
                             max_abs_diff=result["diffs"], bidirectional=result["bidirectional"],
                             metadata=result["metadata"])
+
+
+def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: QuantizedExportPlan, kernel,
+                    facts: dict[str, str], external: bool) -> dict:
+    """Rewrite the float program into the int8 / int4 graph, save it; return what was quantized."""
+    import onnx
+
+    proto = program.model_proto
+    plain = resolved.model
+    layers = resolved.quantized_linears
+    dequantized = {name: plain.get_submodule(name).weight.detach().float().numpy() for name in layers}
+    if plan.precision is ExportPrecision.INT8:
+        from sink_modifier.export.onnx_int8 import ActivationGranularity, Int8Kernel, quantize_graph_int8
+
+        granularity = ActivationGranularity((plan.input_activations or {}).get("strategy", "token"))
+        rewrite = quantize_graph_int8(proto, layers, dequantized, activations=granularity, kernel=kernel)
+        count, others = len(rewrite.int8_layers), rewrite.float_matmuls
+        activation = (f"dynamic symmetric int8 per {granularity.value} (compressed-tensors arithmetic)"
+                      if kernel is not Int8Kernel.DYNAMIC_PER_TENSOR else "dynamic asymmetric uint8 per tensor (ORT)")
+        details = {"kernel": kernel.value, "weights_from": "the checkpoint's stored int8 values and scales"}
+    else:
+        from sink_modifier.export.onnx_int4 import quantize_graph_int4
+
+        block = int(plan.weights["group_size"])
+        rewrite = quantize_graph_int4(proto, layers, dequantized, block_size=block)
+        count, others, activation = len(rewrite.int4_layers), rewrite.float_matmuls, "float (W4A16)"
+        details = {"kernel": f"com.microsoft MatMulNBits (4 bits, block {block})",
+                   "weights_from": "the checkpoint's stored int4 values and group scales"}
+    precision = plan.precision.value
+    summary = {
+        **plan.describe(),
+        f"{precision}_layers": count,
+        "float_layers": sorted(n for n, m in plain.named_modules() if isinstance(m, nn.Linear) and n not in layers),
+        "float_weight_matmuls": len(others),
+        "activations": activation,
+        **details,
+    }
+    facts = {**facts, "sink_modifier.precision": precision,
+             "sink_modifier.quantization": f"{precision}: {count} layers, activations {activation}"}
+    for key, value in facts.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(proto, str(onnx_path), save_as_external_data=external,
+                    location=f"{onnx_path.name}.data" if external else None)
+    return summary
 
 
 def _runtime_facts(config) -> dict[str, str]:
@@ -255,7 +406,8 @@ def _opset_of(program) -> int | None:
     return int(value) if value is not None else None
 
 
-def _metadata(model: nn.Module, source: Path | None, result: dict, seconds: float) -> dict:
+def _metadata(model: nn.Module, source: Path | None, plan: QuantizedExportPlan, result: dict,
+              seconds: float) -> dict:
     import onnx
     import onnxscript
 
@@ -266,6 +418,7 @@ def _metadata(model: nn.Module, source: Path | None, result: dict, seconds: floa
         mask_token_id = resolve_mask_token_id(None, config)
     except ValueError:
         mask_token_id = None
+    float_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return {
         "source": str(source) if source is not None else None,
         "inputs": {"input_ids": ["batch", "seq_len"]},
@@ -273,12 +426,18 @@ def _metadata(model: nn.Module, source: Path | None, result: dict, seconds: floa
         "mask_token_id": mask_token_id,
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         "vocab_size": getattr(config, "vocab_size", None),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": float_dtype,  # of the float parts (all of a float graph)
+        "precision": float_dtype if plan.precision is ExportPrecision.FLOAT else plan.precision.value,
+        "quantization": result.get("quantization") or (plan.describe() if plan.quantized_checkpoint else None),
         "opset": result.get("opset"),
         "check_max_abs_diff": result.get("diffs"),
+        "check_atol": result.get("atol"),
+        "check_reference": ("compressed-tensors fake-quantized PyTorch forward"
+                            if plan.precision is not ExportPrecision.FLOAT else "PyTorch forward"),
         "bidirectional": result.get("bidirectional"),
         "export_seconds": round(seconds, 2),
-        "exporter": "torch.onnx.export(dynamo=True)",
+        "exporter": "torch.onnx.export(dynamo=True)" + (f" + {plan.precision.value} rewrite"
+                                                         if result.get("quantization") else ""),
         "optimized": result.get("optimize"),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
     }

@@ -35,7 +35,7 @@ its masks in :mod:`~sink_modifier.scoring.masks`, logits alignment / guidance / 
   folder, or asked for with ``onnx=True`` (``onnx=False`` refuses an export folder).
   Family, tokenizer, mask token and logit shift come from the folder's ``config.json`` and
   tokenizer as for the checkpoint it was exported from
-  (:mod:`sink_modifier.generation.onnx_model`), so loglikelihood and generation are the same
+  (:mod:`sink_modifier.commands.onnx_preflight`), so loglikelihood and generation are the same
   code on ORT logits; ``threads=N`` sets ORT's intra-op threads, ``dtype`` is the graph's own,
   tensors stay on the CPU unless ``device`` says otherwise, and :meth:`get_model_info` records
   the runtime (providers, threads).
@@ -227,7 +227,7 @@ class DiffusionLM(TemplateLM):
     @staticmethod
     def _use_onnx(pretrained, onnx) -> bool:
         """``onnx=`` as given, else whether ``pretrained`` is an ONNX export folder."""
-        from sink_modifier.generation.onnx_model import is_onnx_export
+        from sink_modifier.commands.onnx_preflight import is_onnx_export
 
         export = not isinstance(pretrained, torch.nn.Module) and bool(pretrained) and is_onnx_export(pretrained)
         if onnx is None or (isinstance(onnx, str) and onnx.strip().lower() in ("", "none")):
@@ -246,10 +246,10 @@ class DiffusionLM(TemplateLM):
               onnx: bool = False, threads: int | None = None):
         """(model, tokenizer, family); a folder loads through :func:`sink_modifier.families.load_pretrained`
         (family detected from ``config.json`` unless named; quantized checkpoints dequantized), an
-        ONNX export folder (``onnx``) through :func:`sink_modifier.generation.onnx_model.check_onnx_export`,
+        ONNX export folder (``onnx``) through :func:`sink_modifier.commands.onnx_preflight.check_onnx_export`,
         a loaded model keeps the family named, else the one its config shows."""
         from sink_modifier.families import family_of_model, get_family, load_pretrained, load_tokenizer
-        from sink_modifier.generation.onnx_model import check_onnx_export
+        from sink_modifier.commands.onnx_preflight import check_onnx_export
 
         if isinstance(pretrained, torch.nn.Module):
             if tokenizer is None:
