@@ -242,3 +242,28 @@ def test_recipe_keeps_sparsity_through_quantization(tiny_llama_dir, calib_ids, r
         logits = model(input_ids=calib_ids[:2]).logits
     assert logits.shape == (2, calib_ids.shape[1], model.config.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+def test_prune_leaves_the_head_float_even_when_a_quantization_recipe_does_not_ignore_it(
+        tiny_llama_dir, text_file, tmp_path):
+    """The family's ignores reach the quantization modifier *before* it resolves its config: a stale
+    config once gave the head scale tensors that calibration never filled (NaN, 0 and 1e38 in the
+    saved checkpoint)."""
+    from safetensors.torch import load_file
+
+    from sink_modifier.commands.prune import prune_checkpoint
+
+    recipe = tmp_path / "w8a8_everything.yaml"
+    recipe.write_text("quant_stage:\n  quant_modifiers:\n    QuantizationModifier:\n"
+                      '      targets: ["Linear"]\n      scheme: W8A8\n')
+    out = prune_checkpoint(tiny_llama_dir, recipe, text_file, tmp_path / "q", num_samples=2, seq_len=16,
+                           timesteps=(0.5,)).output_dir
+    stored = load_file(out / "model.safetensors")
+    assert "lm_head.weight_scale" not in stored and stored["lm_head.weight"].is_floating_point()
+    scales = {k: v.float() for k, v in stored.items() if k.endswith(".weight_scale")}
+    assert len(scales) == 14
+    for key, scale in scales.items():
+        weight = stored[key.removesuffix("_scale")].float()
+        assert torch.isfinite(scale).all() and (scale > 0).all(), key
+        # int8 symmetric per channel: each row's largest |q| is 127 or 128 (the absmax maps to the edge)
+        assert (weight.abs().amax(dim=1) >= 127).all(), key

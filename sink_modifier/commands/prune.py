@@ -114,6 +114,12 @@ def _add_family_ignores(modifiers: list, family: ModelFamily, model) -> list[str
         current = getattr(modifier, "ignore", None)
         if extra and isinstance(current, list):
             modifier.ignore = current + [name for name in extra if name not in current]
+            # A quantization modifier caches the config it resolved from `ignore` when it was built
+            # (check_recipe builds it). Left stale, that config gives the head quantization
+            # parameters while calibration skips it: its weight scales stay uninitialised memory
+            # (NaN, 0, 1e38 in the saved checkpoint). Resolve again with the new ignore list.
+            if getattr(modifier, "_resolved_config", None) is not None:
+                modifier._resolved_config = None
     return extra
 
 
