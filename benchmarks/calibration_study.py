@@ -546,6 +546,48 @@ def write_report(store: dict, path: Path) -> None:
     text = "\n".join(lines) + "\n"
     write_file_atomically(path.with_suffix(".md"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     _plot(table, path.with_suffix(".png"))
+    _plot_choices(table, best, path.with_name(path.stem + "_best.png"))
+
+
+def _plot_choices(table: dict, best: dict, path: Path) -> None:
+    """The study's answer in one figure: per sparsity, the baselines against each base's dev choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sink_modifier.export.atomic import write_file_atomically
+
+    specs = list(table)
+    if not specs:
+        return
+    series = [("magnitude", lambda spec: "magnitude"),
+              ("llm-compressor Wanda (clean rows)", lambda spec: "wanda_clean_off"),
+              ("llm-compressor SparseGPT (clean rows)", lambda spec: "sparsegpt_clean_off"),
+              ("Wanda, chosen on dev", lambda spec: best.get(f"{spec}|wanda")),
+              ("SparseGPT, chosen on dev", lambda spec: best.get(f"{spec}|sparsegpt"))]
+    colors = ["0.6", "tab:blue", "tab:orange", "tab:cyan", "tab:red"]
+    fig, axes = plt.subplots(1, len(REPORTED), figsize=(6 * len(REPORTED), 4), squeeze=False)
+    width = 0.8 / len(series)
+    for ax, domain in zip(axes[0], REPORTED):
+        for i, ((label, key_of), color) in enumerate(zip(series, colors)):
+            xs, ys, es = [], [], []
+            for j, spec in enumerate(specs):
+                entry = table[spec].get(key_of(spec) or "")
+                if entry:
+                    mean, se = entry[domain]["vs_dense"]
+                    xs.append(j + i * width)
+                    ys.append(mean)
+                    es.append(se)
+            ax.bar(xs, ys, width, yerr=es, label=label, color=color)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(specs))], specs)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(f"Δ NELBO vs dense, {domain} (nats/token)")
+        ax.set_title(f"{domain}: lower is better")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    write_file_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
 
 
 def _plot(table: dict, path: Path) -> None:
@@ -572,7 +614,8 @@ def _plot(table: dict, path: Path) -> None:
                     xs.append(j + i * width)
                     ys.append(mean)
                     es.append(se)
-            ax.bar(xs, ys, width, yerr=es, label=key)
+            ax.bar(xs, ys, width, yerr=es, label=key, color=plt.cm.tab20(i % 20),
+                   hatch="//" if key.startswith("sparsegpt") else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(specs))], specs)
         ax.set_xlabel("sparsity")
         ax.set_ylabel(f"Δ NELBO vs dense, {domain} (nats/token)")

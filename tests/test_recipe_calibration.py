@@ -153,6 +153,7 @@ def test_every_cited_study_row_exists_with_the_numbers_quoted(path):
 
 def test_the_product_recipes_cite_their_evidence_and_carry_their_rows():
     for name in ("sink_wanda_50", "sink_sparsegpt_50", "sink_sparsegpt_2of4", "sink_wanda_2of4", "wanda_70_owl",
+                 "sink_sparsegpt_70",
                  "sink_wanda_50_w8a8", "sink_wanda_2of4_fp8_dynamic", "sink_wanda_2of4_w4a16"):
         path = RECIPES / f"{name}.yaml"
         assert "calibration_study.md" in header(path), name
