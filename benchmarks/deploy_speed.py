@@ -430,7 +430,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {e['nelbo']:.4f} ± {e['stderr']:.4f} | {delta} |")
     dense = result.get("dense_vs_quantize_dynamic")
     if dense:
-        lines += ["", "## Dense int8: our W8A8 checkpoint vs ORT's quantize_dynamic (quality at equal speed)", "",
+        lines += ["", "## Dense int8: our W8A8 checkpoint vs ORT's quantize_dynamic (quality, and the speed it costs)", "",
                   "ORT's own `quantize_dynamic` on the dense fp32 graph is the baseline to beat on quality at "
                   "equal speed. The pruned W8A8 model (`ort-int8`) is **not** comparable with it on quality: "
                   "pruning costs NELBO and gives no CPU speed-up (ORT runs the zeros as dense weights). The "
