@@ -639,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--mc-samples", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--corpus-chars", type=int, default=4_000_000)
+    parser.add_argument("--corpus-chars", type=int, default=2_000_000,
+                        help="characters of the corpus read (default: what the stored study ran with)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop starting new runs after this")
     parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
