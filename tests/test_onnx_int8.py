@@ -380,3 +380,33 @@ def test_eval_onnx_nelbo_of_the_int8_graph_is_within_0_01_nats_of_pytorch_w8a8(i
     assert ort_int8["runtime"]["engine"] == "onnxruntime"
     assert abs(ort_int8["nelbo"] - torch_w8a8["nelbo"]) < 0.01
     assert ort_int8["nelbo"] != torch_w8a8["nelbo"]  # a different engine really ran (int8 kernels, not a copy)
+
+
+@requires_shared(TINY_DLM)
+def test_int8_head_rounds_the_head_into_the_int8_graph(w8a8_dir, tmp_path, fake_quant_model):
+    """--int8-head: no float weight MatMul left; the head's integers are compressed-tensors' rounding of
+    the checkpoint's float head; the export says the head was rounded here, not read."""
+    out = tmp_path / "int8-head"
+    assert main(["export-onnx", "--model", str(w8a8_dir), "--output", str(out), "--int8-head", "--json"]) == 0
+    meta = json.loads((out / ONNX_METADATA_FILE).read_text())
+    quantization = meta["quantization"]
+    assert quantization["float_weight_matmuls"] == 0 and "lm_head" not in quantization["float_layers"]
+    assert "--int8-head" in quantization["output_head"]
+    head = fake_quant_model.lm_head.weight.detach().float()
+    scale = head.abs().amax(dim=1, keepdim=True) / 127.5
+    expected = torch.clamp(torch.round(head / scale), -128, 127).to(torch.int8).numpy()
+    found = [v for k, v in _initializers(out / ONNX_FILE).items() if v.dtype == np.int8 and v.shape == expected.T.shape]
+    assert any(np.array_equal(v, expected.T) for v in found)
+    ids = torch.randint(4, VOCAB, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = fake_quant_model(input_ids=ids).logits
+    got = OnnxDenoiser(out, intra_op_threads=1)(ids)
+    assert (got - reference).abs().max() < DEFAULT_ATOL[ExportPrecision.INT8]
+
+
+def test_int8_head_is_refused_for_a_float_checkpoint_before_loading(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["export-onnx", "--model", str(TINY_DLM), "--output", str(out), "--int8-head"]) == 2
+    err = capsys.readouterr().err
+    assert "--int8-head" in err and "W8A8" in err and "drop --int8-head" in err
+    assert not out.exists()

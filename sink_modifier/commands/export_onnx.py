@@ -36,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dequantize", action="store_true",
                         help="export a quantized checkpoint as a float graph of its decompressed weights "
                              "(no activation quantization) instead of keeping its quantization")
+    parser.add_argument("--int8-head", action="store_true",
+                        help="W8A8 checkpoints: round the output head (which recipes leave float) to int8 too, "
+                             "per channel at export; on tiny-dlm 1.99x instead of 1.42x ORT fp32, NELBO within 1e-4")
     parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's graph optimizer (faster export)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -62,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if plan.precision is not ExportPrecision.FLOAT and args.dtype not in ("float32", "auto"):
         raise ValueError(f"an {plan.precision.value} export computes its float parts in float32; drop --dtype "
                          f"{args.dtype}, or pass --dequantize for a float graph in {args.dtype}")
+    if args.int8_head and plan.precision is not ExportPrecision.INT8:
+        raise ValueError(f"--int8-head rounds the output head into an int8 graph; {args.model} exports as "
+                         f"{plan.precision.value} (it needs a W8A8 int-quantized checkpoint, without --dequantize); "
+                         "drop --int8-head")
     tokenizer = model.check_tokenizer(needs_mask_token=False)
     loaded = load_for_export(model.source, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                             dequantize=args.dequantize)
+                             dequantize=args.dequantize, int8_head=args.int8_head)
     if args.mask_token_id is not None:  # recorded in the export's config.json and onnx_export.json
         set_mask_token_id(loaded.family, tokenizer, loaded.model.config, args.mask_token_id)
         loaded.tokenizer = tokenizer

@@ -111,11 +111,12 @@ class ExportModel(LoadedModel):
         default_factory=lambda: QuantizedExportPlan(ExportPrecision.FLOAT, quantized_checkpoint=False))
     reference: nn.Module | None = None
     quantized_linears: dict[str, QuantizedLinear] = dataclasses.field(default_factory=dict, repr=False)
+    int8_head: bool = False  # the output head was rounded to int8 at export (--int8-head)
 
 
 def load_for_export(
     path: str | Path, *, family: str | ModelFamily | None = None, dtype: str = "float32",
-    trust_remote_code: bool = False, dequantize: bool = False,
+    trust_remote_code: bool = False, dequantize: bool = False, int8_head: bool = False,
 ) -> ExportModel:
     """Load a model folder for :func:`export_onnx`.
 
@@ -124,12 +125,16 @@ def load_for_export(
     exported as stored, before any weight is read); an integer plan loads the compressed-tensors
     model in float32 (the reference) and a plain model sharing its decompressed weights;
     ``dequantize=True`` gives the plain model alone, in ``dtype``, with a warning that the
-    graph will be float.
+    graph will be float. ``int8_head=True`` (an int8 plan only) rounds the float output head to
+    int8 as well (:mod:`sink_modifier.export.onnx_int8_head`).
     """
     from loguru import logger
 
     source = open_model_folder(path, family)
     plan = plan_export(source.config, dequantize=dequantize)
+    if int8_head and plan.precision is not ExportPrecision.INT8:
+        raise ValueError(f"--int8-head rounds the output head into an int8 graph; {source.folder} exports as "
+                         f"{plan.precision.value} (it needs a W8A8 int-quantized checkpoint, without --dequantize)")
     if not source.quantized:
         loaded = load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, quantized=False)
         return ExportModel(**_fields(loaded), plan=plan)
@@ -144,8 +149,13 @@ def load_for_export(
     linears = read_quantized_linears(source.folder, plan)
     loaded = load_pretrained(source, dtype="float32", trust_remote_code=trust_remote_code, quantized=True)
     plain = _dequantized_plain(loaded.model, "float32", share_weights=True)
+    if int8_head:
+        from sink_modifier.export.onnx_int8_head import round_head_to_int8
+
+        head = round_head_to_int8(plain)
+        linears = {**linears, head.name: head}
     return ExportModel(**{**_fields(loaded), "model": plain}, plan=plan, reference=loaded.model,
-                       quantized_linears=linears)
+                       quantized_linears=linears, int8_head=int8_head)
 
 
 def _fields(loaded: LoadedModel) -> dict:
@@ -172,8 +182,11 @@ def _dequantized_plain(quantized: nn.Module, dtype: str, *, share_weights: bool 
     return plain.to(torch_dtype).eval()
 
 
-def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool, dequantize: bool) -> ExportModel | nn.Module:
+def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool, dequantize: bool,
+                   int8_head: bool = False) -> ExportModel | nn.Module:
     """An :class:`ExportModel`, or a bare module (exported as the float graph it is)."""
+    if int8_head and not isinstance(model_or_dir, (str, Path)) and not getattr(model_or_dir, "int8_head", False):
+        raise ValueError("int8_head needs the checkpoint folder (or load_for_export(folder, int8_head=True))")
     if isinstance(model_or_dir, nn.Module):
         return model_or_dir.eval()
     if isinstance(model_or_dir, ExportModel):
@@ -188,7 +201,8 @@ def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool, dequantize
                              "for a float graph")
         return ExportModel(**{**_fields(model_or_dir), "model": _dequantized_plain(model_or_dir.model, dtype)},
                            plan=plan)
-    return load_for_export(model_or_dir, dtype=dtype, trust_remote_code=trust_remote_code, dequantize=dequantize)
+    return load_for_export(model_or_dir, dtype=dtype, trust_remote_code=trust_remote_code, dequantize=dequantize,
+                           int8_head=int8_head)
 
 
 def _example_ids(config, batch: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -245,6 +259,7 @@ def export_onnx(
     tokenizer=None,
     dequantize: bool = False,
     int8_kernel: str = "matmul-integer-to-float",
+    int8_head: bool = False,
 ) -> OnnxExportResult:
     """Export ``input_ids [B, L] -> logits [B, L, V]`` with dynamic ``B`` and ``L``; verify with ORT.
 
@@ -262,6 +277,7 @@ def export_onnx(
     redundant-op removal) after the export; turning it off saves export time and gives a
     larger, equally exact graph. ``int8_kernel``: an :class:`~sink_modifier.export.onnx_int8.Int8Kernel`
     value (for benchmarks; the default is the fastest that keeps the recipe's arithmetic).
+    ``int8_head`` (``--int8-head``) rounds the float output head of a W8A8 checkpoint to int8 too.
     """
     try:
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
@@ -274,7 +290,7 @@ def export_onnx(
     out = Path(out_path)
     single_file = out.suffix == ".onnx"
     check_output_dir(out, overwrite) if not single_file else check_output_file(out, overwrite)
-    resolved = _resolve_model(model_or_dir, dtype, trust_remote_code, dequantize)
+    resolved = _resolve_model(model_or_dir, dtype, trust_remote_code, dequantize, int8_head)
     model = resolved.model if isinstance(resolved, ExportModel) else resolved
     source = resolved.folder if isinstance(resolved, ExportModel) else None
     plan = resolved.plan if isinstance(resolved, ExportModel) else plan_export({})
@@ -358,6 +374,10 @@ def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: Quant
         activation = (f"dynamic symmetric int8 per {granularity.value} (compressed-tensors arithmetic)"
                       if kernel is not Int8Kernel.DYNAMIC_PER_TENSOR else "dynamic asymmetric uint8 per tensor (ORT)")
         details = {"kernel": kernel.value, "weights_from": "the checkpoint's stored int8 values and scales"}
+        if resolved.int8_head:
+            from sink_modifier.export.onnx_int8_head import HEAD_NOTE
+
+            details["output_head"] = HEAD_NOTE
     else:
         from sink_modifier.export.onnx_int4 import quantize_graph_int4
 
