@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GraphBuilder", "WeightMatMul", "drop_unused", "find_weight_matmuls", "replace_nodes"]
+__all__ = ["GraphBuilder", "WeightMatMul", "drop_unused", "find_weight_matmuls", "replace_nodes",
+           "replace_weight_matmuls", "require_domain"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,32 @@ def replace_nodes(graph, emit) -> None:
     del graph.node[:]
     graph.node.extend(new_nodes)
     drop_unused(graph)
+
+
+def replace_weight_matmuls(graph, placed: Mapping[str, WeightMatMul], rewrite) -> dict[str, str]:
+    """Replace each MatMul of ``placed`` (module name -> its MatMul) by what ``rewrite(name, node,
+    new_nodes)`` appends; every other node stays as it is. Returns module name -> replaced node's name."""
+    by_node = {id(found.node): name for name, found in placed.items()}
+    replaced: dict[str, str] = {}
+
+    def emit(node, new_nodes: list) -> None:
+        name = by_node.get(id(node))
+        if name is None:
+            new_nodes.append(node)
+            return
+        rewrite(name, node, new_nodes)
+        replaced[name] = node.name
+
+    replace_nodes(graph, emit)
+    return dict(sorted(replaced.items()))
+
+
+def require_domain(model, domain: str, version: int = 1) -> None:
+    """Declare the operator set ``domain`` (e.g. com.microsoft) in ``model`` if it is not declared yet."""
+    from onnx import helper
+
+    if not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, version))
 
 
 def drop_unused(graph) -> None:

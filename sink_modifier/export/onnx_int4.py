@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sink_modifier.export.onnx_graph_edit import GraphBuilder, find_weight_matmuls, replace_nodes
-from sink_modifier.export.onnx_quantization import QuantizedLinear
+from sink_modifier.export.onnx_graph_edit import GraphBuilder, find_weight_matmuls, replace_weight_matmuls, require_domain
+from sink_modifier.export.onnx_quantization import QuantizedLinear, refuse_non_finite_scales
 
 __all__ = ["Int4Rewrite", "pack_int4_blocks", "quantize_graph_int4"]
 
@@ -59,21 +59,14 @@ def quantize_graph_int4(
     ``layers``: the checkpoint's int4 values ``[out, in]`` and group scales ``[out, in / block_size]``;
     ``dequantized``: the float ``[out, in]`` weight the float export holds for each of them.
     """
-    from onnx import helper
 
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"MatMulNBits needs a block size that is a power of two >= 16, got {block_size}")
     graph = model.graph
     placed, float_matmuls = find_weight_matmuls(graph, dequantized)
     b = GraphBuilder(graph, "int4")
-    by_node = {id(found.node): name for name, found in placed.items()}
-    replaced: dict[str, str] = {}
 
-    def emit(node, new_nodes: list) -> None:
-        name = by_node.get(id(node))
-        if name is None:
-            new_nodes.append(node)
-            return
+    def rewrite(name: str, node, new_nodes: list) -> None:
         layer = layers[name]
         _check_values(layer, dequantized[name], block_size)
         out_features, in_features = layer.values.shape
@@ -81,12 +74,10 @@ def quantize_graph_int4(
         scales = b.constant(f"{name}.weight_scale", layer.scale.astype(np.float32))
         b.node(new_nodes, "MatMulNBits", [node.input[0], packed, scales], "y", output=node.output[0],
                domain=MS_DOMAIN, K=in_features, N=out_features, bits=4, block_size=block_size)
-        replaced[name] = node.name
 
-    replace_nodes(graph, emit)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return Int4Rewrite(int4_layers=dict(sorted(replaced.items())), float_matmuls=float_matmuls, block_size=block_size)
+    replaced = replace_weight_matmuls(graph, placed, rewrite)
+    require_domain(model, MS_DOMAIN)
+    return Int4Rewrite(int4_layers=replaced, float_matmuls=float_matmuls, block_size=block_size)
 
 
 def _check_values(layer: QuantizedLinear, dequantized: np.ndarray, block_size: int) -> None:
@@ -96,10 +87,7 @@ def _check_values(layer: QuantizedLinear, dequantized: np.ndarray, block_size: i
         raise ValueError(f"{layer.name}: stored int4 weight {layer.values.shape} / scale {layer.scale.shape} do not "
                          f"fit the model's weight {dequantized.shape} in groups of {block_size}; the checkpoint "
                          "does not match its config.json")
-    bad = int((~np.isfinite(layer.scale)).sum())
-    if bad:
-        raise ValueError(f"{layer.name}: {bad} of its {layer.scale.size} stored weight scales are NaN or infinite; "
-                         "the checkpoint is broken there: quantize it again, or leave the layer out (ignore)")
+    refuse_non_finite_scales(layer)
     if layer.values.min() < -8 or layer.values.max() > 7:
         raise ValueError(f"{layer.name}: stored values exceed the int4 range [-8, 7]")
     exact = layer.values.astype(np.float32) * np.repeat(layer.scale, block_size, axis=1)[:, :cols]

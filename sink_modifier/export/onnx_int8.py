@@ -54,8 +54,8 @@ from enum import Enum
 
 import numpy as np
 
-from sink_modifier.export.onnx_graph_edit import GraphBuilder, find_weight_matmuls, replace_nodes
-from sink_modifier.export.onnx_quantization import QuantizedLinear
+from sink_modifier.export.onnx_graph_edit import GraphBuilder, find_weight_matmuls, replace_weight_matmuls, require_domain
+from sink_modifier.export.onnx_quantization import QuantizedLinear, refuse_non_finite_scales
 
 __all__ = ["ActivationGranularity", "Int8Kernel", "Int8Rewrite", "quantize_graph_int8"]
 
@@ -129,7 +129,7 @@ def quantize_graph_int8(
     ``layers``: the checkpoint's int8 weights and scales by module name; ``dequantized``: the
     float ``[out, in]`` weight the float export holds for each of them (to find it by value).
     """
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
     if set(layers) != set(dequantized):
         raise ValueError(f"layers and dequantized weights name different modules: "
@@ -150,21 +150,14 @@ def quantize_graph_int8(
         "one": b.constant("one", np.array(1.0, np.float32)),
         "flat": b.constant("flat", np.array([-1], np.int64)),
     }
-    by_node = {id(found.node): name for name, found in placed.items()}
     quantized_inputs: dict[str, tuple[str, str]] = {}  # activation -> (q, scale), shared by q/k/v etc.
-    replaced: dict[str, str] = {}
 
-    def emit(node, new_nodes: list) -> None:
-        name = by_node.get(id(node))
-        if name is None:
-            new_nodes.append(node)
-            return
+    def rewrite(name: str, node, new_nodes: list) -> None:
         layer = layers[name]
         _check_values(layer, dequantized[name])
         x, y = node.input[0], node.output[0]
         weight = b.constant(f"{name}.weight_int8", np.ascontiguousarray(layer.values.T))  # [in, out]
         w_scale = b.constant(f"{name}.weight_scale", layer.scale.astype(np.float32))
-        replaced[name] = node.name
         if kernel is Int8Kernel.DYNAMIC_PER_TENSOR:
             b.node(new_nodes, "DynamicQuantizeMatMul", [x, weight, w_scale], "y", output=y, domain=MS_DOMAIN)
             return
@@ -181,11 +174,10 @@ def quantize_graph_int8(
             partial = b.node(new_nodes, "Mul", [as_float, w_scale], "y_channel")
         b.node(new_nodes, "Mul", [partial, scale], "y", output=y)
 
-    replace_nodes(graph, emit)
-    if kernel is not Int8Kernel.INTEGER and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return Int8Rewrite(int8_layers=dict(sorted(replaced.items())), float_matmuls=float_matmuls, kernel=kernel,
-                       activations=activations)
+    replaced = replace_weight_matmuls(graph, placed, rewrite)
+    if kernel is not Int8Kernel.INTEGER:
+        require_domain(model, MS_DOMAIN)
+    return Int8Rewrite(int8_layers=replaced, float_matmuls=float_matmuls, kernel=kernel, activations=activations)
 
 
 def _check_values(layer: QuantizedLinear, dequantized: np.ndarray) -> None:
@@ -193,10 +185,7 @@ def _check_values(layer: QuantizedLinear, dequantized: np.ndarray) -> None:
     if layer.values.shape != dequantized.shape or layer.scale.shape != (dequantized.shape[0],):
         raise ValueError(f"{layer.name}: stored int8 weight {layer.values.shape} / scale {layer.scale.shape} do not "
                          f"fit the model's weight {dequantized.shape}; the checkpoint does not match its config.json")
-    bad = int((~np.isfinite(layer.scale)).sum())
-    if bad:
-        raise ValueError(f"{layer.name}: {bad} of its {layer.scale.size} stored weight scales are NaN or infinite; "
-                         "the checkpoint is broken there: quantize it again, or leave the layer out (ignore)")
+    refuse_non_finite_scales(layer)
     exact = layer.values.astype(np.float32) * layer.scale[:, None]
     # the checkpoint is dequantized in the scale's dtype (bf16: 8 significant bits), so allow its rounding
     if not np.allclose(exact, dequantized, rtol=2**-7, atol=0):

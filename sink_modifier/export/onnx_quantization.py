@@ -38,6 +38,7 @@ __all__ = [
     "QuantizedLinear",
     "plan_export",
     "read_quantized_linears",
+    "refuse_non_finite_scales",
 ]
 
 DEQUANTIZE_HINT = "pass --dequantize (dequantize=True) to export it as a float graph instead"
@@ -86,6 +87,14 @@ class QuantizedLinear:
     name: str
     values: np.ndarray = field(repr=False)
     scale: np.ndarray = field(repr=False)
+
+
+def refuse_non_finite_scales(layer: QuantizedLinear) -> None:
+    """A stored NaN / infinite weight scale is a broken checkpoint: refuse it rather than export garbage."""
+    bad = int((~np.isfinite(layer.scale)).sum())
+    if bad:
+        raise ValueError(f"{layer.name}: {bad} of its {layer.scale.size} stored weight scales are NaN or infinite; "
+                         "the checkpoint is broken there: quantize it again, or leave the layer out (ignore)")
 
 
 _ARG_KEYS = ("num_bits", "type", "symmetric", "strategy", "group_size", "dynamic")
