@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rank, world_size = init_distributed()
-    check_output_dir(args.output, args.overwrite)  # on every rank, before any work
+    check_output_dir(args.output, args.overwrite, protected=(args.model, args.data))  # every rank, before work
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

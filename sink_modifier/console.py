@@ -7,13 +7,13 @@ upstream configures it.
 :func:`configure` sends loguru's records (ours and llm-compressor's / compressed-tensors') to
 stderr, at a level per verbosity:
 
-============  =====================  ===============================  ====================
-verbosity     ``sink_modifier``      upstream (llm-compressor, ...)   known upstream noise
-============  =====================  ===============================  ====================
-0 (default)   INFO: a line a phase   WARNING                          dropped
-1 (``-v``)    DEBUG: per layer       INFO                             dropped
-2 (``-vv``)   DEBUG                  DEBUG                            shown
-============  =====================  ===============================  ====================
+============  =====================  ===============================  ==============  ====================
+verbosity     ``sink_modifier``      upstream (llm-compressor, ...)   transformers    known upstream noise
+============  =====================  ===============================  ==============  ====================
+0 (default)   INFO: a line a phase   WARNING                          ERROR           dropped
+1 (``-v``)    DEBUG: per layer       INFO                             WARNING         dropped
+2 (``-vv``)   DEBUG                  DEBUG                            INFO            shown
+============  =====================  ===============================  ==============  ====================
 
 ``LLM_COMPRESSOR_LOG_LEVEL``, when set, still decides upstream's level (it is llm-compressor's
 documented switch). llm-compressor reconfigures loguru when ``llmcompressor.logger`` executes
@@ -94,6 +94,10 @@ def configure(verbosity: int = 0) -> None:
     from an entry point, not from library code.
     """
     _settings.verbosity = verbosity
+    # transformers' warnings (e.g. "Token indices sequence length ... indexing errors") address
+    # library callers; the commands check those inputs themselves and say so in their own words.
+    # Read by transformers when it first logs; a user's own TRANSFORMERS_VERBOSITY wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", ("error", "warning", "info")[min(verbosity, 2)])
     _install_loguru_sink()
     for module in RECONFIGURING_MODULES:
         if module not in sys.modules:

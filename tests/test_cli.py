@@ -46,16 +46,29 @@ def test_prune_writes_a_checkpoint_that_reloads_with_identical_logits(tiny_llama
     assert not list(tmp_path.glob(".pruned.partial-*"))
 
 
-def test_existing_output_is_kept_unless_overwrite(tiny_llama_dir, text_file, tmp_path, capsys):
-    out = tmp_path / "taken"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    args = ["prune", "--model", str(tiny_llama_dir), "--recipe", RECIPE_50, "--data", str(text_file),
-            "--output", str(out), "--num-samples", "2", "--seq-len", "16"]
-    assert main(args) == 2
-    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
-    assert main(args + ["--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / METADATA_FILE).exists()
+def test_existing_output_is_kept_unless_overwrite_of_an_output_of_ours(tiny_llama_dir, text_file, tmp_path, capsys):
+    def args(out):
+        return ["prune", "--model", str(tiny_llama_dir), "--recipe", RECIPE_50, "--data", str(text_file),
+                "--output", str(out), "--num-samples", "2", "--seq-len", "16"]
+
+    foreign = tmp_path / "taken"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert main(args(foreign)) == 2
+    assert "already exists" in capsys.readouterr().err and (foreign / "keep.txt").exists()
+    # --overwrite replaces only what this tool wrote: a user's folder is refused, naming its files
+    assert main(args(foreign) + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "did not write (keep.txt;" in err and "pass another --output" in err
+    assert [p.name for p in foreign.iterdir()] == ["keep.txt"] and (foreign / "keep.txt").read_text() == "mine"
+
+    ours = tmp_path / "pruned"
+    assert main(args(ours)) == 0
+    first = (ours / METADATA_FILE).read_text()
+    assert main(args(ours)) == 2 and "already exists" in capsys.readouterr().err
+    assert main(args(ours) + ["--overwrite"]) == 0
+    assert (ours / METADATA_FILE).read_text() != first  # a new run (its own timestamp and command)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned", "taken"]
 
 
 def test_failed_write_leaves_nothing_behind(tmp_path):

@@ -391,6 +391,6 @@ def test_run_analyze_single_model_and_bad_output(tiny_llama_dir, text_file, tmp_
     check_png(out / "sink_variance.png")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
         run_analyze(analyze_args("--model", tiny_llama_dir, "--data", text_file, "--output", blocker,
                                  "--num-windows", 1, "--seq-len", 12, "--no-progress"))

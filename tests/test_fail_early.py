@@ -172,22 +172,27 @@ def test_a_killed_writers_temp_folder_is_removed_and_a_live_ones_reported(tmp_pa
 
 @pytest.mark.parametrize("when", ["writing", "moving-the-old-output-aside", "renaming-into-place"])
 def test_ctrl_c_at_any_step_of_a_save_leaves_the_disk_as_it_was(tmp_path, monkeypatch, when):
-    from sink_modifier.export import write_atomically
+    from sink_modifier.export import atomic, write_atomically
 
     out = tmp_path / "parent" / "ckpt"
     out.mkdir(parents=True)
     (out / "old.txt").write_text("previous checkpoint")
+    (out / "sink_modifier.json").write_text("{}")  # an output of ours: --overwrite may replace it
     renames = {"moving-the-old-output-aside": 1, "renaming-into-place": 2}.get(when)
-    original_rename = Path.rename
+    original_rename, original_no_replace = Path.rename, atomic._rename_no_replace
     calls = []
 
-    def rename(self, target):
-        calls.append(self)
-        if len(calls) == renames:
-            raise KeyboardInterrupt
-        return original_rename(self, target)
+    def counted(original):
+        def rename(source, target):
+            calls.append(source)
+            if len(calls) == renames:
+                raise KeyboardInterrupt
+            return original(source, target)
+        return rename
 
-    monkeypatch.setattr(Path, "rename", rename)
+    # moving aside is a plain rename; the rename into place one that never replaces
+    monkeypatch.setattr(Path, "rename", counted(original_rename))
+    monkeypatch.setattr(atomic, "_rename_no_replace", counted(original_no_replace))
 
     def write(folder):
         (folder / "new.txt").write_text("new")
@@ -197,7 +202,8 @@ def test_ctrl_c_at_any_step_of_a_save_leaves_the_disk_as_it_was(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         write_atomically(out, write, metadata={"a": 1}, overwrite=True)
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]
-    assert [p.name for p in out.iterdir()] == ["old.txt"] and (out / "old.txt").read_text() == "previous checkpoint"
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt", "sink_modifier.json"]
+    assert (out / "old.txt").read_text() == "previous checkpoint"
 
     # and a fresh target: nothing at all, not even the parent folders the write created
     fresh = tmp_path / "made" / "ckpt"

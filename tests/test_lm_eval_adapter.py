@@ -250,7 +250,7 @@ def test_generate_until_uses_the_sampler_and_cuts(lm):
 
 @pytest.fixture(scope="module")
 def word_tasks(tmp_path_factory, text_file):
-    out = tmp_path_factory.mktemp("word_tasks")
+    out = tmp_path_factory.mktemp("word_tasks") / "tasks"
     write_local_tasks(text_file, out, num_docs=6, context_words=8, continuation_words=5, rolling_words=30)
     return out
 

@@ -57,7 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="model folder (from_pretrained path)")
     parser.add_argument("--data", required=True, help="held-out text: .txt/.txt.gz (blank-line separated) or .jsonl")
-    parser.add_argument("--output", required=True, help="folder for analysis.json and the PNGs (created)")
+    parser.add_argument("--output", required=True, help="folder for analysis.json and the PNGs; appears only when "
+                        "complete")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder of analyze's")
     parser.add_argument("--compare", default=None, help="a second model folder (e.g. the AR twin) drawn on the same figures")
     parser.add_argument("--num-windows", type=positive_int, default=16, help="held-out windows (default 16)")
     parser.add_argument("--seq-len", type=positive_int, default=None,
@@ -282,31 +284,35 @@ def format_comparison(analyses: Sequence[dict], labels: Sequence[str] | None = N
 
 # -- the subcommand ----------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    """Run ``analyze``: write ``analysis.json`` ({"models": [...]}) and the PNGs into ``--output``."""
+    """Run ``analyze``: write ``analysis.json`` ({"models": [...]}) and the PNGs into ``--output``.
+
+    The folder is written as a whole (``analysis.json`` is its manifest, :mod:`sink_modifier.export.output_guard`):
+    an existing one is replaced only with ``--overwrite``, never the model folders or the data.
+    """
     from sink_modifier.diagnostics.figures import model_labels, write_figures
-    from sink_modifier.export.atomic import write_json_atomically
+    from sink_modifier.export.atomic import json_text, write_atomically
+    from sink_modifier.export.output_guard import claim_output
 
-    from sink_modifier.export.output_path import check_writable
+    protected = (args.model, args.compare, args.data)
+    with claim_output(args.output, protected=protected, overwrite=args.overwrite) as claim:
+        paths = [args.model] + ([args.compare] if args.compare else [])
+        families = [args.family] + ([args.compare_family] if args.compare else [])
+        analyses = analyze_models(
+            paths, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
+            timesteps=args.timesteps, top_k=args.top_k, sink_std=args.sink_std, sink_alpha=args.sink_alpha,
+            sink_floor=args.sink_floor, batch_size=args.batch_size, max_chars=args.max_chars, dtype=args.dtype,
+            progress=not args.no_progress and show_progress(), trust_remote_code=args.trust_remote_code,
+            families=families, mask_token_id=args.mask_token_id,
+        )
+        labels = model_labels(analyses)
+        text = json_text({"data": str(args.data), "seed": args.seed, "labels": labels, "models": analyses})
+        figures: list[Path] = []
 
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"--output {output} exists and is not a folder; pass a folder path")
-    check_writable(output, output)
-    paths = [args.model] + ([args.compare] if args.compare else [])
-    families = [args.family] + ([args.compare_family] if args.compare else [])
-    analyses = analyze_models(
-        paths, args.data, num_windows=args.num_windows, seq_len=args.seq_len, seed=args.seed,
-        timesteps=args.timesteps, top_k=args.top_k, sink_std=args.sink_std, sink_alpha=args.sink_alpha,
-        sink_floor=args.sink_floor, batch_size=args.batch_size, max_chars=args.max_chars, dtype=args.dtype,
-        progress=not args.no_progress and show_progress(), trust_remote_code=args.trust_remote_code, families=families,
-        mask_token_id=args.mask_token_id,
-    )
-    output.mkdir(parents=True, exist_ok=True)
-    labels = model_labels(analyses)
-    json_path = write_json_atomically(output / ANALYSIS_FILE, {
-        "data": str(args.data), "seed": args.seed, "labels": labels, "models": analyses,
-    })
-    figures = write_figures(analyses, output, labels)
+        def write(folder: Path) -> None:
+            (folder / ANALYSIS_FILE).write_text(text, encoding="utf-8")
+            figures.extend(write_figures(analyses, folder, labels))
+
+        write_atomically(claim.output, write)
     print(format_summary(analyses, labels))
-    print(f"wrote {json_path} and {len(figures)} figures: " + ", ".join(p.name for p in figures))
+    print(f"wrote {Path(args.output) / ANALYSIS_FILE} and {len(figures)} figures: " + ", ".join(p.name for p in figures))
     return 0

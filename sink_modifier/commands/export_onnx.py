@@ -48,16 +48,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sink_modifier.export.onnx_export import is_onnx_export
+    from sink_modifier.export.output_guard import OutputKind, claim_output
+
+    # the output is claimed (checked against the model folder, locked) before the (slow) load
+    kind = OutputKind.FILE if Path(args.output).suffix == ".onnx" else OutputKind.FOLDER
+    with claim_output(args.output, protected=(args.model,), overwrite=args.overwrite, kind=kind,
+                      recognise=is_onnx_export):
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     from sink_modifier.commands.preflight import check_model
-    from sink_modifier.export.atomic import check_output_dir, check_output_file
     from sink_modifier.export.onnx_export import export_onnx, load_for_export
     from sink_modifier.export.onnx_quantization import ExportPrecision, plan_export
     from sink_modifier.families.mask_choice import set_mask_token_id
 
-    # refuse a taken or unwritable output and a broken model folder before the (slow) load;
-    # export_onnx checks the output again only after it
-    check = check_output_file if Path(args.output).suffix == ".onnx" else check_output_dir
-    check(args.output, args.overwrite)
     model = check_model(args.model, family=args.family, trust_remote_code=args.trust_remote_code,
                         mask_token_id=args.mask_token_id)
     # a quantization scheme the export cannot keep is refused from config.json, before any load

@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_for_generation(args.model, dtype=args.dtype, onnx=args.onnx,
                                  trust_remote_code=args.trust_remote_code, threads=args.threads,
                                  family=args.family, mask_token_id=args.mask_token_id)
-    prompt_ids = loaded.tokenizer(args.prompt, return_tensors="pt").input_ids
+    # verbose=False: a prompt over the tokenizer's model_max_length is refused below in our words
+    # (its length and the model's window), not with transformers' "indexing errors" warning
+    prompt_ids = loaded.tokenizer(args.prompt, return_tensors="pt", verbose=False).input_ids
     if prompt_ids.shape[1] == 0:
         raise ValueError("the prompt is empty after tokenization; pass some text with --prompt")
     if loaded.native is not None:

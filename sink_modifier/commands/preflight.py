@@ -1,7 +1,7 @@
 """What a command checks about its model before loading it, so bad input fails in seconds, not after the load.
 
 Every model-reading command runs, in this order (cheapest and most often wrong first): its
-output path (``sink_modifier.export.atomic.check_output_dir``/``check_output_file``), its
+output (claimed for the run: ``sink_modifier.export.output_guard.claim_output``), its
 recipe (:mod:`.recipe_check`), then :func:`check_model` (``config.json``, family, weight
 files whole, custom code allowed, the transformers config), then reads its text (decoded
 once, handed on), then :meth:`CheckedModel.check_tokenizer` (the tokenizer, and the mask

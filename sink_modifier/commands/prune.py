@@ -151,7 +151,8 @@ def prune_checkpoint(
     tokenizer and config name none; the written ``config.json`` records it.
 
     Every input is checked before the weights are read (:mod:`sink_modifier.commands.preflight`):
-    output path, recipe, model folder, text, tokenizer and mask token, then the windows.
+    output (claimed for the run: :mod:`sink_modifier.export.output_guard`), recipe, model folder,
+    text, tokenizer and mask token, then the windows.
     """
     import torch
 
@@ -164,35 +165,38 @@ def prune_checkpoint(
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.commands.recipe_check import check_recipe
     from sink_modifier.data import load_documents, token_windows
-    from sink_modifier.export import check_output_dir
+    from sink_modifier.export.output_guard import claim_output
 
-    check_output_dir(output_dir, overwrite)
-    checked_recipe = check_recipe(recipe)
-    model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
-    chosen = model.family
-    choice = checked_recipe.calibration.choose(num_samples=num_samples, timesteps=timesteps, diffusion=chosen.diffusion)
-    num_samples, timesteps = choice.num_samples, model.calibration_timesteps(choice.timesteps)
-    for modifier in checked_recipe.modifiers:  # a modifier option this family or grid cannot serve
-        if hasattr(modifier, "check_calibration_plan"):
-            modifier.check_calibration_plan(family=chosen, timesteps=timesteps)
-    seq_len = model.seq_len(seq_len)
-    # Text is read and decoded once, here; the windows go to the calibration builder as they are.
-    documents = None if isinstance(data, torch.Tensor) else load_documents(data, max_chars=max_chars)
-    tokenizer = model.check_tokenizer(needs_mask_token=chosen.diffusion)
-    windows = data if documents is None else token_windows(documents, tokenizer, seq_len, num_samples, seed=seed)
-    torch.manual_seed(seed)
+    # the output is claimed (checked against the inputs, locked) before anything else is read
+    with claim_output(output_dir, protected=(model_path, recipe, data), overwrite=overwrite):
+        checked_recipe = check_recipe(recipe)
+        model = check_model(model_path, family=family, trust_remote_code=trust_remote_code,
+                            mask_token_id=mask_token_id)
+        chosen = model.family
+        choice = checked_recipe.calibration.choose(num_samples=num_samples, timesteps=timesteps,
+                                                   diffusion=chosen.diffusion)
+        num_samples, timesteps = choice.num_samples, model.calibration_timesteps(choice.timesteps)
+        for modifier in checked_recipe.modifiers:  # a modifier option this family or grid cannot serve
+            if hasattr(modifier, "check_calibration_plan"):
+                modifier.check_calibration_plan(family=chosen, timesteps=timesteps)
+        seq_len = model.seq_len(seq_len)
+        # Text is read and decoded once, here; the windows go to the calibration builder as they are.
+        documents = None if isinstance(data, torch.Tensor) else load_documents(data, max_chars=max_chars)
+        tokenizer = model.check_tokenizer(needs_mask_token=chosen.diffusion)
+        windows = data if documents is None else token_windows(documents, tokenizer, seq_len, num_samples, seed=seed)
+        torch.manual_seed(seed)
 
-    logger.info(f"Loading {model_path}")
-    loaded = model.load(dtype=dtype)
-    calibration = chosen.build_calibration(
-        windows, loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=num_samples,
-        timesteps=timesteps, seed=seed, max_chars=max_chars,
-    )
-    return prune_model(
-        loaded, checked_recipe, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
-        overwrite=overwrite, trust_remote_code=trust_remote_code, seed=seed,
-        provenance={"source_model": str(model_path), "data": str(data)}, calibration_origin=choice.origin,
-    )
+        logger.info(f"Loading {model_path}")
+        loaded = model.load(dtype=dtype)
+        calibration = chosen.build_calibration(
+            windows, loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=num_samples,
+            timesteps=timesteps, seed=seed, max_chars=max_chars,
+        )
+        return prune_model(
+            loaded, checked_recipe, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
+            overwrite=overwrite, trust_remote_code=trust_remote_code, seed=seed,
+            provenance={"source_model": str(model_path), "data": str(data)}, calibration_origin=choice.origin,
+        )
 
 
 def prune_model(
@@ -216,16 +220,26 @@ def prune_model(
     ``provenance`` (``source_model``, ``data``) and ``calibration_origin`` (where ``num_samples``
     and ``timesteps`` came from: command line, recipe or default) go into ``sink_modifier.json``. ``recipe`` is a
     YAML file (checked by :func:`~sink_modifier.commands.recipe_check.check_recipe`) or what that
-    check returned.
+    check returned. The output is claimed for the whole run (:mod:`sink_modifier.export.output_guard`):
+    never the loaded model's folder, one writer at a time.
     """
+    from sink_modifier.export.output_guard import claim_output
+
+    with claim_output(output_dir, protected=(loaded.folder,), overwrite=overwrite):
+        return _prune_claimed(loaded, recipe, calibration, output_dir, batch_size=batch_size, pipeline=pipeline,
+                              overwrite=overwrite, trust_remote_code=trust_remote_code, seed=seed,
+                              provenance=provenance, calibration_origin=calibration_origin)
+
+
+def _prune_claimed(loaded, recipe, calibration, output_dir, *, batch_size, pipeline, overwrite, trust_remote_code,
+                   seed, provenance, calibration_origin) -> PruneResult:
     from llmcompressor import oneshot
     from loguru import logger
 
     from sink_modifier.commands.recipe_check import CheckedRecipe, check_recipe
-    from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
+    from sink_modifier.export import sparsity_report, write_atomically
     from sink_modifier.families import load_pretrained
 
-    check_output_dir(output_dir, overwrite)
     checked_recipe = recipe if isinstance(recipe, CheckedRecipe) else check_recipe(recipe)
     model, tokenizer, chosen = loaded.model, loaded.tokenizer, loaded.family
     provenance = {"source_model": str(loaded.folder), "data": None, **(provenance or {})}

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sink_modifier.commands.recipe_yaml import read_recipe_yaml, where as _where
+
 __all__ = ["BLOCK", "CalibrationChoice", "RecipeCalibration", "parse_calibration_block", "recipe_calibration"]
 
 BLOCK = "calibration"
@@ -72,11 +74,6 @@ class RecipeCalibration:
         return CalibrationChoice(num_samples=num_samples, timesteps=timesteps, origin=origin)
 
 
-def _where(path: Path, node: Any) -> str:
-    mark = getattr(node, "start_mark", None)
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-
-
 def _node_of(node: Any, key: str) -> Any:
     for key_node, value_node in getattr(node, "value", None) or ():
         if getattr(key_node, "value", None) == key:
@@ -116,12 +113,9 @@ def parse_calibration_block(path: Path, value: Any, node: Any = None, key: Any =
 
 def recipe_calibration(recipe: str | Path) -> RecipeCalibration:
     """The ``calibration:`` block of a recipe file, for a Python user calling ``oneshot`` directly."""
-    import yaml
-
     path = Path(recipe)
-    text = path.read_text(encoding="utf-8")
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    data = yaml.safe_load(text) or {}
+    _, root, data = read_recipe_yaml(path)
+    data = data or {}
     key, node = next(((k, v) for k, v in getattr(root, "value", ()) if getattr(k, "value", None) == BLOCK),
                      (None, None))
     return parse_calibration_block(path, data.get(BLOCK) if isinstance(data, dict) else None, node, key)

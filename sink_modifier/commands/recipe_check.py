@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sink_modifier.commands.recipe_calibration import BLOCK, RecipeCalibration, parse_calibration_block
+from sink_modifier.commands.recipe_yaml import read_recipe_yaml, where as _where
 
 __all__ = ["CheckedRecipe", "check_recipe"]
 
@@ -48,11 +49,6 @@ class _Entry:
     node: Any
 
 
-def _where(path: Path, node: Any) -> str:
-    mark = getattr(node, "start_mark", None)
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-
-
 def _pair(node: Any, key: str) -> tuple[Any, Any]:
     """The key and value nodes of ``key`` in a yaml mapping node (``None, None`` if absent)."""
     import yaml
@@ -67,29 +63,6 @@ def _pair(node: Any, key: str) -> tuple[Any, Any]:
 
 def _child(node: Any, key: str) -> Any:
     return _pair(node, key)[1]
-
-
-def _parse(path: Path) -> tuple[str, Any, Any]:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"recipe {path} is not UTF-8 text (byte offset {err.start}); pass a YAML recipe") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = err.problem or err.context or "invalid YAML"
-        if err.context and err.problem:
-            start = err.context_mark
-            problem += f" ({err.context}{f' that starts at {start.line + 1}:{start.column + 1}' if start else ''})"
-        raise ValueError(f"{where}: {problem}; the recipe is not valid YAML") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: {' '.join(str(err).split())} (the recipe is not valid YAML)") from None
-    return text, root, data
 
 
 def _entries(path: Path, root: Any, data: Any) -> list[_Entry]:
@@ -229,7 +202,7 @@ def check_recipe(recipe: str | Path) -> CheckedRecipe:
         what = "is a folder" if path.is_dir() else "not found"
         raise FileNotFoundError(f"recipe {path} {what}; pass a YAML recipe file with --recipe "
                                 "(e.g. recipes/sink_wanda_50.yaml)")
-    text, root, data = _parse(path)
+    text, root, data = read_recipe_yaml(path)
     entries = _entries(path, root, data)
     modifiers = [_build(path, entry) for entry in entries]
     _check_order(path, entries, modifiers)

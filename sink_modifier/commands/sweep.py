@@ -307,134 +307,136 @@ def sweep(
     from sink_modifier.commands.prune import package_versions, prune_model
     from sink_modifier.commands.recipe_check import check_recipe
     from sink_modifier.data import load_documents, token_windows
-    from sink_modifier.export import check_output_dir, write_atomically
+    from sink_modifier.export import write_atomically
+    from sink_modifier.export.output_guard import claim_output
     from sink_modifier.export.atomic import json_text
 
     if isinstance(points, str):
         points = sparsity_points(points)
-    output = check_output_dir(output_dir, overwrite)
-    if not recipes:
-        raise ValueError("sweep needs at least one --recipe")
-    checked = [check_recipe(r) for r in recipes]
-    seen = [c.path.resolve() for c in checked]
-    if len(set(seen)) < len(seen):
-        raise ValueError("a --recipe is given twice; list each recipe once")
-    scratch = tempfile.TemporaryDirectory(prefix="sink-sweep-recipes-")
-    with scratch:
-        names = _recipe_names(checked)
-        plan = [(name, recipe, point, point_recipe(recipe, point, Path(scratch.name)))
-                for name, recipe in zip(names, checked) for point in points]
+    with claim_output(output_dir, protected=(model_path, data, eval_data, *recipes), overwrite=overwrite) as claim:
+        output = claim.output
+        if not recipes:
+            raise ValueError("sweep needs at least one --recipe")
+        checked = [check_recipe(r) for r in recipes]
+        seen = [c.path.resolve() for c in checked]
+        if len(set(seen)) < len(seen):
+            raise ValueError("a --recipe is given twice; list each recipe once")
+        scratch = tempfile.TemporaryDirectory(prefix="sink-sweep-recipes-")
+        with scratch:
+            names = _recipe_names(checked)
+            plan = [(name, recipe, point, point_recipe(recipe, point, Path(scratch.name)))
+                    for name, recipe in zip(names, checked) for point in points]
 
-        model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
-        chosen = model.family
-        # one (num_samples, timesteps) per recipe, as prune would choose it
-        choices = [c.calibration.choose(num_samples=num_samples, timesteps=timesteps, diffusion=chosen.diffusion)
-                   for c in checked]
-        plans = [(c.num_samples, model.calibration_timesteps(c.timesteps)) for c in choices]
-        seq_len = model.seq_len(seq_len)
-        documents = load_documents(data, max_chars=max_chars)
-        eval_documents = load_documents(eval_data, max_chars=eval_max_chars)
-        tokenizer = model.check_tokenizer(needs_mask_token=chosen.diffusion)
-        windows = {n: token_windows(documents, tokenizer, seq_len, n, seed=seed) for n in dict.fromkeys(n for n, _ in plans)}
-        eval_windows = token_windows(eval_documents, tokenizer, seq_len, num_windows, seed=seed)
-        del documents, eval_documents
+            model = check_model(model_path, family=family, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id)
+            chosen = model.family
+            # one (num_samples, timesteps) per recipe, as prune would choose it
+            choices = [c.calibration.choose(num_samples=num_samples, timesteps=timesteps, diffusion=chosen.diffusion)
+                       for c in checked]
+            plans = [(c.num_samples, model.calibration_timesteps(c.timesteps)) for c in choices]
+            seq_len = model.seq_len(seq_len)
+            documents = load_documents(data, max_chars=max_chars)
+            eval_documents = load_documents(eval_data, max_chars=eval_max_chars)
+            tokenizer = model.check_tokenizer(needs_mask_token=chosen.diffusion)
+            windows = {n: token_windows(documents, tokenizer, seq_len, n, seed=seed) for n in dict.fromkeys(n for n, _ in plans)}
+            eval_windows = token_windows(eval_documents, tokenizer, seq_len, num_windows, seed=seed)
+            del documents, eval_documents
 
-        start = time.perf_counter()
-        logger.info(f"Loading {model_path}")
-        loaded = model.load(dtype=dtype)
-        calibrations = {
-            plan: chosen.build_calibration(
-                windows[plan[0]], loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=plan[0],
-                timesteps=plan[1], seed=seed, max_chars=max_chars,
-            )
-            for plan in dict.fromkeys(plans)
-        }
-        calibration_of = {name: calibrations[plan] for name, plan in zip(names, plans)}
-        scoring = dict(seed=seed, mc_samples=mc_samples, batch_size=eval_batch_size, progress=progress)
+            start = time.perf_counter()
+            logger.info(f"Loading {model_path}")
+            loaded = model.load(dtype=dtype)
+            calibrations = {
+                plan: chosen.build_calibration(
+                    windows[plan[0]], loaded.tokenizer, loaded.model.config, seq_len=seq_len, num_samples=plan[0],
+                    timesteps=plan[1], seed=seed, max_chars=max_chars,
+                )
+                for plan in dict.fromkeys(plans)
+            }
+            calibration_of = {name: calibrations[plan] for name, plan in zip(names, plans)}
+            scoring = dict(seed=seed, mc_samples=mc_samples, batch_size=eval_batch_size, progress=progress)
 
-        def evaluate(folder_or_model) -> dict:
-            checked_model = (folder_or_model if not isinstance(folder_or_model, Path) else
-                             check_model(folder_or_model, family=chosen, trust_remote_code=trust_remote_code))
-            if checked_model.tokenizer is None:
-                checked_model.check_tokenizer(needs_mask_token=chosen.diffusion)
-            evaluated = checked_model.load(dtype=eval_dtype)
-            try:
-                return score(evaluated, eval_windows, **scoring)
-            finally:
-                del evaluated
+            def evaluate(folder_or_model) -> dict:
+                checked_model = (folder_or_model if not isinstance(folder_or_model, Path) else
+                                 check_model(folder_or_model, family=chosen, trust_remote_code=trust_remote_code))
+                if checked_model.tokenizer is None:
+                    checked_model.check_tokenizer(needs_mask_token=chosen.diffusion)
+                evaluated = checked_model.load(dtype=eval_dtype)
+                try:
+                    return score(evaluated, eval_windows, **scoring)
+                finally:
+                    del evaluated
 
-        result: dict[str, Any] = {}
+            result: dict[str, Any] = {}
 
-        def write(tmp: Path) -> None:
-            nonlocal loaded
-            cache_dir = tmp / "cache"
-            if overwrite and (output / "cache").is_dir():  # a previous sweep's entries: checked on use
-                shutil.copytree(output / "cache", cache_dir)
-            logger.info(f"Evaluating the dense model on {eval_windows.shape[0]} windows")
-            t0 = time.perf_counter()
-            dense = evaluate(model)
-            dense_seconds = time.perf_counter() - t0
-            rows = []
-            for index, (name, recipe, point, modifiers) in enumerate(plan):
-                logger.info(f"Sweep {index + 1}/{len(plan)}: {name} at sparsity {point.label}")
-                target = loaded if loaded is not None else model.load(dtype=dtype)
-                loaded = None  # the first point prunes the model loaded for the calibration set
-                for modifier in modifiers.modifiers:
-                    if "sink_cache_dir" in type(modifier).model_fields:
-                        modifier.sink_cache_dir = str(cache_dir)
-                folder = (tmp / "checkpoints" if keep_checkpoints else tmp / ".scratch") / f"{name}-{point.slug}"
-                cpu = time.process_time()
-                pruned = prune_model(target, modifiers, calibration_of[name], folder, batch_size=batch_size,
-                                     pipeline=pipeline, trust_remote_code=trust_remote_code, seed=seed,
-                                     provenance={"source_model": str(model_path), "data": str(data)},
-                                     calibration_origin=choices[names.index(name)].origin).metadata
-                cpu = time.process_time() - cpu  # this process's CPU seconds: calibration, pruning, saving
-                del target
-                gc.collect()
+            def write(tmp: Path) -> None:
+                nonlocal loaded
+                cache_dir = tmp / "cache"
+                if overwrite and (output / "cache").is_dir():  # a previous sweep's entries: checked on use
+                    shutil.copytree(output / "cache", cache_dir)
+                logger.info(f"Evaluating the dense model on {eval_windows.shape[0]} windows")
                 t0 = time.perf_counter()
-                quality = evaluate(folder)
-                eval_seconds = time.perf_counter() - t0
-                if not keep_checkpoints:
-                    shutil.rmtree(folder)
-                delta, delta_se = paired_difference(quality, dense)
-                rows.append({
-                    "recipe": str(recipe.path), "name": name, "point": point.label,
-                    "sparsity": point.sparsity, "mask_structure": point.mask_structure,
-                    "measured_sparsity": pruned["sparsity"]["overall"],
-                    "value": quality["value"], "stderr": quality["stderr"], "delta": delta, "delta_stderr": delta_se,
-                    "per_window": quality["per_window"],
-                    "calibration": {"num_samples": calibration_of[name].num_samples,
-                                    "timesteps": [float(t) for t in calibration_of[name].timesteps],
-                                    "origin": choices[names.index(name)].origin},
-                    "prune_seconds": pruned["prune_seconds"], "prune_cpu_seconds": round(cpu, 2),
-                    "eval_seconds": round(eval_seconds, 2),
-                    "cache": _cache_counts(modifiers.modifiers),
-                    "checkpoint": str(folder.relative_to(tmp)) if keep_checkpoints else None,
+                dense = evaluate(model)
+                dense_seconds = time.perf_counter() - t0
+                rows = []
+                for index, (name, recipe, point, modifiers) in enumerate(plan):
+                    logger.info(f"Sweep {index + 1}/{len(plan)}: {name} at sparsity {point.label}")
+                    target = loaded if loaded is not None else model.load(dtype=dtype)
+                    loaded = None  # the first point prunes the model loaded for the calibration set
+                    for modifier in modifiers.modifiers:
+                        if "sink_cache_dir" in type(modifier).model_fields:
+                            modifier.sink_cache_dir = str(cache_dir)
+                    folder = (tmp / "checkpoints" if keep_checkpoints else tmp / ".scratch") / f"{name}-{point.slug}"
+                    cpu = time.process_time()
+                    pruned = prune_model(target, modifiers, calibration_of[name], folder, batch_size=batch_size,
+                                         pipeline=pipeline, trust_remote_code=trust_remote_code, seed=seed,
+                                         provenance={"source_model": str(model_path), "data": str(data)},
+                                         calibration_origin=choices[names.index(name)].origin).metadata
+                    cpu = time.process_time() - cpu  # this process's CPU seconds: calibration, pruning, saving
+                    del target
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    quality = evaluate(folder)
+                    eval_seconds = time.perf_counter() - t0
+                    if not keep_checkpoints:
+                        shutil.rmtree(folder)
+                    delta, delta_se = paired_difference(quality, dense)
+                    rows.append({
+                        "recipe": str(recipe.path), "name": name, "point": point.label,
+                        "sparsity": point.sparsity, "mask_structure": point.mask_structure,
+                        "measured_sparsity": pruned["sparsity"]["overall"],
+                        "value": quality["value"], "stderr": quality["stderr"], "delta": delta, "delta_stderr": delta_se,
+                        "per_window": quality["per_window"],
+                        "calibration": {"num_samples": calibration_of[name].num_samples,
+                                        "timesteps": [float(t) for t in calibration_of[name].timesteps],
+                                        "origin": choices[names.index(name)].origin},
+                        "prune_seconds": pruned["prune_seconds"], "prune_cpu_seconds": round(cpu, 2),
+                        "eval_seconds": round(eval_seconds, 2),
+                        "cache": _cache_counts(modifiers.modifiers),
+                        "checkpoint": str(folder.relative_to(tmp)) if keep_checkpoints else None,
+                    })
+                shutil.rmtree(tmp / ".scratch", ignore_errors=True)
+                result.update({
+                    "output": str(output.resolve()),
+                    "model": str(model_path), "family": chosen.name, "data": str(data), "eval_data": str(eval_data),
+                    "metric": dense["metric"], "unit": "nats/token",
+                    "settings": {"num_samples": num_samples, "seq_len": seq_len, "seed": seed,
+                                 "timesteps": None if timesteps is None else [float(t) for t in timesteps],
+                                 "batch_size": batch_size,
+                                 "pipeline": pipeline, "dtype": dtype, "eval_dtype": eval_dtype,
+                                 "num_windows": int(eval_windows.shape[0]), "mc_samples": mc_samples,
+                                 "sparsities": [p.label for p in points], "recipes": [str(r.path) for r in checked]},
+                    "calibration": {name: calibration_of[name].describe() for name in names},
+                    "dense": {**{k: v for k, v in dense.items() if k != "weights"}, "eval_seconds": round(dense_seconds, 2)},
+                    "points": rows,
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "versions": package_versions(),
                 })
-            shutil.rmtree(tmp / ".scratch", ignore_errors=True)
-            result.update({
-                "output": str(output.resolve()),
-                "model": str(model_path), "family": chosen.name, "data": str(data), "eval_data": str(eval_data),
-                "metric": dense["metric"], "unit": "nats/token",
-                "settings": {"num_samples": num_samples, "seq_len": seq_len, "seed": seed,
-                             "timesteps": None if timesteps is None else [float(t) for t in timesteps],
-                             "batch_size": batch_size,
-                             "pipeline": pipeline, "dtype": dtype, "eval_dtype": eval_dtype,
-                             "num_windows": int(eval_windows.shape[0]), "mc_samples": mc_samples,
-                             "sparsities": [p.label for p in points], "recipes": [str(r.path) for r in checked]},
-                "calibration": {name: calibration_of[name].describe() for name in names},
-                "dense": {**{k: v for k, v in dense.items() if k != "weights"}, "eval_seconds": round(dense_seconds, 2)},
-                "points": rows,
-                "seconds": round(time.perf_counter() - start, 2),
-                "versions": package_versions(),
-            })
-            (tmp / "sweep.md").write_text(markdown_table(result) + "\n", encoding="utf-8")
-            (tmp / "sweep.json").write_text(json_text(result, pretty=True), encoding="utf-8")
-            save_figure(result, tmp / "sweep.png")
+                (tmp / "sweep.md").write_text(markdown_table(result) + "\n", encoding="utf-8")
+                (tmp / "sweep.json").write_text(json_text(result, pretty=True), encoding="utf-8")
+                save_figure(result, tmp / "sweep.png")
 
-        written = write_atomically(output, write, overwrite=overwrite)
-        logger.info(f"Wrote {written}")
-        return result
+            written = write_atomically(output, write, overwrite=overwrite)
+            logger.info(f"Wrote {written}")
+            return result
 
 
 def _cache_counts(modifiers: list) -> dict[str, dict[str, int]]:

@@ -3,27 +3,42 @@
 Everything is written into a hidden temporary sibling of the target and renamed into place
 at the end, so an interrupted or failed save never leaves a half-written checkpoint,
 ``.onnx`` file or ``analysis.json`` where a reader would find it, nor the temporary sibling,
-nor parent folders the write created. The one writer of the package: ``prune``,
-``export-onnx`` and ``analyze`` all write through it.
+nor parent folders the write created. The one writer of the package: ``prune``, ``sweep``,
+``export-onnx``, ``analyze`` and the lm-eval task writer all write through it.
 
-The target is checked first (:func:`check_output_dir`, :func:`check_output_file`: not taken,
-not inside a file, writable), so commands call those before any expensive work. Temporary
-names carry the writer's pid (:mod:`.leftovers`); the siblings a killed writer left are swept
-before the next write of the same target.
+What may be written where is :mod:`.output_guard`'s rule (not an input, not taken unless
+``--overwrite`` of an output of ours, one writer at a time): :func:`write_atomically` publishes
+under the claim the command took before its work, or claims the output itself for the write.
+The final rename never replaces an output that appeared meanwhile unless overwriting was asked
+for (``renameat2(RENAME_NOREPLACE)`` where the filesystem has it). Temporary names carry the
+writer's pid (:mod:`.leftovers`); the siblings a killed writer left are swept under the claim.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .leftovers import sweep_leftovers, temp_prefix
+from .leftovers import temp_prefix
+from .output_guard import (
+    OutputClaim,
+    OutputExistsError,
+    OutputKind,
+    _make_parents,
+    _refuse_inputs,
+    _remove_created,
+    claim_output,
+    fault_point,
+    held_claim,
+)
 from .output_path import check_writable
 
 __all__ = [
@@ -40,56 +55,53 @@ __all__ = [
 METADATA_FILE = "sink_modifier.json"
 
 
-class OutputExistsError(FileExistsError):
-    """The output folder exists and overwriting was not asked for."""
+def check_output_dir(output_dir: str | Path, overwrite: bool = False, protected: Iterable = ()) -> Path:
+    """Fail early (before any expensive work) if writing the folder ``output_dir`` breaks the output rule.
+
+    The rule of :mod:`.output_guard` without taking the lock (a command holds it with
+    :func:`~.output_guard.claim_output` for the whole run).
+    """
+    return _check(output_dir, overwrite, protected, OutputKind.FOLDER)
 
 
-def check_output_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
-    """Fail early (before any expensive work) if ``output_dir`` would be clobbered or cannot be written."""
-    output = Path(output_dir)
-    if output.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output folder {output} already exists; pass --overwrite (overwrite=True) to replace it"
-        )
-    if output.exists() and not output.is_dir():
-        raise OutputExistsError(
-            f"output path {output} exists and is a file, not a folder; pass another --output path"
-        )
-    check_writable(output.parent, output)
-    return output
+def check_output_file(output_file: str | Path, overwrite: bool = False, protected: Iterable = (),
+                      recognise: Callable[[Path], bool] | None = None) -> Path:
+    """Fail early if writing the file ``output_file`` breaks the output rule (see :func:`check_output_dir`)."""
+    return _check(output_file, overwrite, protected, OutputKind.FILE, recognise)
 
 
-def check_output_file(output_file: str | Path, overwrite: bool = False) -> Path:
-    """Fail early if the file ``output_file`` would be clobbered, is a folder, or cannot be written."""
-    output = Path(output_file)
-    if output.exists() and output.is_dir():
-        raise FileExistsError(
-            f"{output} is a folder; pass a folder path without the {output.suffix or 'file'} suffix to write into it"
-        )
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it")
-    check_writable(output.parent, output)
-    return output
+def _check(output: str | Path, overwrite: bool, protected: Iterable, kind: OutputKind,
+           recognise: Callable[[Path], bool] | None = None) -> Path:
+    path = Path(output)
+    resolved = Path(os.path.realpath(path))
+    _refuse_inputs(resolved, protected, "--output", output)
+    check_writable(resolved.parent, output)
+    if held_claim(resolved) is None:
+        OutputClaim(resolved, kind, overwrite, "--output", recognise, given=str(output)).check_replaceable()
+    return path
 
 
-def _make_parents(folder: Path, created: list[Path]) -> None:
-    """``mkdir -p folder``, appending each folder it creates to ``created`` (outermost first) as it
-    goes, so a write that fails or is interrupted right here still removes them again."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        created.append(path)
-
-
-def _remove_created(created: list[Path]) -> None:
-    for path in reversed(created):
-        try:
-            path.rmdir()
-        except OSError:  # not empty: something else wrote there meanwhile
+def _rename_no_replace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; ``FileExistsError`` if ``target`` exists (atomic where the
+    filesystem supports ``RENAME_NOREPLACE``, else a check right before a plain rename)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace) == 0:
             return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, os.strerror(code), str(target))
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(source), None, str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
+
+
+def _appeared(output: str | Path, option: str) -> OutputExistsError:
+    return OutputExistsError(f"{option} {output} appeared while this run was writing it; it was left as it is and "
+                             f"this run's result discarded: pass another {option}, or --overwrite to replace it")
 
 
 def _umask() -> int:
@@ -145,44 +157,53 @@ def write_atomically(
     *,
     metadata: dict | None = None,
     overwrite: bool = False,
+    protected: Iterable = (),
 ) -> Path:
     """Call ``write(tmp_dir)``, add ``sink_modifier.json``, then rename ``tmp_dir`` to ``output_dir``.
 
-    An existing ``output_dir`` is replaced only with ``overwrite``; it is moved aside first
-    and deleted only after the new folder is in place.
+    Under the claim the caller holds on ``output_dir`` (else one taken here with ``overwrite``
+    and ``protected``, see :func:`~.output_guard.claim_output`). An existing output is replaced
+    only when the claim allows it (checked again right before): it is moved aside first and
+    deleted only after the new folder is in place.
     """
-    output = check_output_dir(output_dir, overwrite).resolve()
-    created: list[Path] = []
-    tmp = old = None
-    try:
-        _make_parents(output.parent, created)
-        sweep_leftovers(output.parent, output.name)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
-        write(tmp)
-        if metadata is not None:
-            (tmp / METADATA_FILE).write_text(json_text(metadata, pretty=True))
-        _publishable_modes(tmp)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name, "old"), dir=output.parent))
-            old.rmdir()
-            output.rename(old)
-        tmp.rename(output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        # Any failure, Ctrl-C included, at any step: the disk is as before, or (when it came
-        # after the rename) holds the complete new output only.
-        published = tmp is not None and not tmp.exists() and output.exists()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists():
-            if published:
+    with claim_output(output_dir, protected=protected, overwrite=overwrite) as claim:
+        output = claim.output
+        tmp = old = None
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
+            fault_point("tmp-created")
+            write(tmp)
+            if metadata is not None:
+                (tmp / METADATA_FILE).write_text(json_text(metadata, pretty=True))
+            _publishable_modes(tmp)
+            fault_point("written")
+            if not claim.overwrite and os.path.lexists(output):
+                raise _appeared(claim.given, claim.option)
+            claim.check_replaceable()  # under --overwrite too: what appeared meanwhile may not be ours
+            if os.path.lexists(output):
+                old = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name, "old"), dir=output.parent))
+                old.rmdir()
+                output.rename(old)
+                fault_point("moved-aside")
+            try:
+                _rename_no_replace(tmp, output)
+            except FileExistsError:
+                raise _appeared(claim.given, claim.option) from None
+            fault_point("published")
+            if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.rename(output)  # the previous output, back in place
-        if not output.exists():
-            _remove_created(created)
-        raise
+        except BaseException:
+            # Any failure, Ctrl-C included, at any step: the disk is as before, or (when it came
+            # after the rename) holds the complete new output only.
+            published = tmp is not None and not tmp.exists() and output.exists()
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and old.exists():
+                if published:
+                    shutil.rmtree(old, ignore_errors=True)
+                elif not os.path.lexists(output):
+                    old.rename(output)  # the previous output, back in place
+            raise
     return output
 
 
@@ -190,24 +211,37 @@ def write_file_atomically(output_file: str | Path, write: Callable[[Path], None]
     """Call ``write(tmp_file)`` on a temporary sibling of ``output_file``, then rename it into place.
 
     The temporary file keeps the target's suffix (writers such as ``savefig`` or onnx choose
-    the format by it); an existing ``output_file`` is replaced in one step.
+    the format by it). Under a claim on ``output_file`` (a command's single-file output) an
+    existing file is replaced only when the claim allows it; otherwise (a file inside a folder
+    being written) it is replaced in one step.
     """
     output = Path(output_file).resolve()
     if output.is_dir():
         raise FileExistsError(f"{output_file} is a folder; pass the path of a file to write")
+    claim = held_claim(output)
     check_writable(output.parent, output_file)
     created: list[Path] = []
     existed = output.exists()
     tmp = None
     try:
         _make_parents(output.parent, created)
-        sweep_leftovers(output.parent, output.name)
         fd, name = tempfile.mkstemp(prefix=temp_prefix(output.name), suffix=output.suffix, dir=output.parent)
         tmp = Path(name)
         os.close(fd)
         write(tmp)
         tmp.chmod(0o666 & ~_umask())
-        os.replace(tmp, output)
+        if claim is None:
+            os.replace(tmp, output)
+        else:
+            fault_point("written")
+            if not claim.overwrite and os.path.lexists(output):
+                raise _appeared(claim.given, claim.option)
+            claim.check_replaceable()
+            try:
+                os.replace(tmp, output) if os.path.lexists(output) else _rename_no_replace(tmp, output)
+            except FileExistsError:
+                raise _appeared(claim.given, claim.option) from None
+            fault_point("published")
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

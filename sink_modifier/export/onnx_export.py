@@ -37,12 +37,11 @@ import torch
 from torch import nn
 
 from sink_modifier.export.atomic import (
-    check_output_dir,
-    check_output_file,
     write_atomically,
     write_file_atomically,
     write_json_atomically,
 )
+from sink_modifier.export.output_guard import OutputKind, claim_output
 from sink_modifier.export.onnx_quantization import (
     DEQUANTIZE_HINT,
     ExportPrecision,
@@ -60,12 +59,14 @@ __all__ = [
     "ExportModel",
     "OnnxExportResult",
     "export_onnx",
+    "is_onnx_export",
     "load_for_export",
 ]
 
 ONNX_FILE = "model.onnx"
 ONNX_METADATA_FILE = "onnx_export.json"
 _PROTOBUF_LIMIT = 2 * 1024**3
+_OUR_METADATA_KEY = "sink_modifier.logits"  # every graph export_onnx writes carries it (_runtime_facts)
 # Largest ORT-vs-PyTorch |Δlogit| accepted by default. Float graphs reproduce PyTorch to float
 # rounding, and so do W4A16 int4 graphs (float activations; 1.3e-5 on tiny-dlm). An int8
 # graph computes the same activation integers as the compressed-tensors fake-quantized
@@ -289,71 +290,74 @@ def export_onnx(
     kernel = Int8Kernel(int8_kernel)  # a bad value fails here, before any work
     out = Path(out_path)
     single_file = out.suffix == ".onnx"
-    check_output_dir(out, overwrite) if not single_file else check_output_file(out, overwrite)
-    resolved = _resolve_model(model_or_dir, dtype, trust_remote_code, dequantize, int8_head)
-    model = resolved.model if isinstance(resolved, ExportModel) else resolved
-    source = resolved.folder if isinstance(resolved, ExportModel) else None
-    plan = resolved.plan if isinstance(resolved, ExportModel) else plan_export({})
-    reference = resolved.reference if plan.precision is not ExportPrecision.FLOAT else model
-    atol = DEFAULT_ATOL[plan.precision] if atol is None else atol
-    config = getattr(model, "config", None)
-    if getattr(config, "is_causal", None) is True:
-        warnings.warn("config.is_causal is True: exporting a causal model; the diffusion sampler "
-                      "needs bidirectional attention", stacklevel=2)
-    max_positions = getattr(config, "max_position_embeddings", None)
-    if single_file and _param_bytes(model) > _PROTOBUF_LIMIT * 0.95:
-        raise ValueError(f"the model has {_param_bytes(model) / 1024**3:.1f} GiB of weights, over the 2 GB limit "
-                         f"of a single .onnx file; pass a folder as out_path (weights go to external data)")
-    lengths = tuple(n for n in check_lengths if max_positions is None or n <= max_positions)
-    seq_len = min(example_seq_len, max_positions) if max_positions else example_seq_len
-    wrapper = _LogitsOnly(model).eval()
-    example = _example_ids(config, 2, seq_len, seed=0)
-    batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    seq_dim = torch.export.Dim("seq_len", min=1, max=max_positions) if max_positions else torch.export.Dim(
-        "seq_len", min=1)
+    source_path = model_or_dir if isinstance(model_or_dir, (str, Path)) else getattr(model_or_dir, "folder", None)
+    # claimed before the load: never the source checkpoint (or a folder around it), one writer at a time
+    with claim_output(out, protected=(source_path,), overwrite=overwrite,
+                      kind=OutputKind.FILE if single_file else OutputKind.FOLDER, recognise=is_onnx_export):
+        resolved = _resolve_model(model_or_dir, dtype, trust_remote_code, dequantize, int8_head)
+        model = resolved.model if isinstance(resolved, ExportModel) else resolved
+        source = resolved.folder if isinstance(resolved, ExportModel) else None
+        plan = resolved.plan if isinstance(resolved, ExportModel) else plan_export({})
+        reference = resolved.reference if plan.precision is not ExportPrecision.FLOAT else model
+        atol = DEFAULT_ATOL[plan.precision] if atol is None else atol
+        config = getattr(model, "config", None)
+        if getattr(config, "is_causal", None) is True:
+            warnings.warn("config.is_causal is True: exporting a causal model; the diffusion sampler "
+                          "needs bidirectional attention", stacklevel=2)
+        max_positions = getattr(config, "max_position_embeddings", None)
+        if single_file and _param_bytes(model) > _PROTOBUF_LIMIT * 0.95:
+            raise ValueError(f"the model has {_param_bytes(model) / 1024**3:.1f} GiB of weights, over the 2 GB limit "
+                             f"of a single .onnx file; pass a folder as out_path (weights go to external data)")
+        lengths = tuple(n for n in check_lengths if max_positions is None or n <= max_positions)
+        seq_len = min(example_seq_len, max_positions) if max_positions else example_seq_len
+        wrapper = _LogitsOnly(model).eval()
+        example = _example_ids(config, 2, seq_len, seed=0)
+        batch_dim = torch.export.Dim("batch", min=1, max=4096)
+        seq_dim = torch.export.Dim("seq_len", min=1, max=max_positions) if max_positions else torch.export.Dim(
+            "seq_len", min=1)
 
-    start = time.perf_counter()
-    result: dict = {}
+        start = time.perf_counter()
+        result: dict = {}
 
-    def write(target: Path) -> None:
-        onnx_path = target / ONNX_FILE if not single_file else target
-        external = not single_file and _param_bytes(model) > _PROTOBUF_LIMIT * 0.5
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            program = torch.onnx.export(
-                wrapper, (example,), None, dynamo=True, input_names=["input_ids"],
-                output_names=["logits"], dynamic_shapes={"input_ids": {0: batch_dim, 1: seq_dim}},
-                opset_version=opset, optimize=optimize, verbose=False,
-            )
-        result["opset"], result["optimize"] = _opset_of(program), optimize
-        facts = _runtime_facts(config)
-        if plan.precision is ExportPrecision.FLOAT:
-            # the facts a runtime needs travel inside the .onnx file too (ORT: custom_metadata_map)
-            for key, value in facts.items():
-                program.model.metadata_props[key] = value
-            program.save(str(onnx_path), external_data=external)
+        def write(target: Path) -> None:
+            onnx_path = target / ONNX_FILE if not single_file else target
+            external = not single_file and _param_bytes(model) > _PROTOBUF_LIMIT * 0.5
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                program = torch.onnx.export(
+                    wrapper, (example,), None, dynamo=True, input_names=["input_ids"],
+                    output_names=["logits"], dynamic_shapes={"input_ids": {0: batch_dim, 1: seq_dim}},
+                    opset_version=opset, optimize=optimize, verbose=False,
+                )
+            result["opset"], result["optimize"] = _opset_of(program), optimize
+            facts = _runtime_facts(config)
+            if plan.precision is ExportPrecision.FLOAT:
+                # the facts a runtime needs travel inside the .onnx file too (ORT: custom_metadata_map)
+                for key, value in facts.items():
+                    program.model.metadata_props[key] = value
+                program.save(str(onnx_path), external_data=external)
+            else:
+                result["quantization"] = _save_quantized(program, onnx_path, resolved, plan, kernel, facts, external)
+            wrapped_reference = _LogitsOnly(reference).eval()
+            if check:
+                result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapped_reference, config, lengths, atol)
+            else:
+                result["diffs"], result["bidirectional"] = {}, None
+            result["atol"] = atol if check else None
+            result["metadata"] = _metadata(model, source, plan, result, time.perf_counter() - start)
+            if not single_file:
+                if config is not None:
+                    config.save_pretrained(target)
+                _copy_tokenizer(source, tokenizer, target)
+                write_json_atomically(target / ONNX_METADATA_FILE, result["metadata"], pretty=True)
+
+        if single_file:
+            onnx_file = write_file_atomically(out, write)
         else:
-            result["quantization"] = _save_quantized(program, onnx_path, resolved, plan, kernel, facts, external)
-        wrapped_reference = _LogitsOnly(reference).eval()
-        if check:
-            result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapped_reference, config, lengths, atol)
-        else:
-            result["diffs"], result["bidirectional"] = {}, None
-        result["atol"] = atol if check else None
-        result["metadata"] = _metadata(model, source, plan, result, time.perf_counter() - start)
-        if not single_file:
-            if config is not None:
-                config.save_pretrained(target)
-            _copy_tokenizer(source, tokenizer, target)
-            write_json_atomically(target / ONNX_METADATA_FILE, result["metadata"], pretty=True)
-
-    if single_file:
-        onnx_file = write_file_atomically(out, write)
-    else:
-        onnx_file = write_atomically(out, write, overwrite=overwrite) / ONNX_FILE
-    return OnnxExportResult(path=onnx_file, opset=result["opset"], seconds=time.perf_counter() - start,
-                            max_abs_diff=result["diffs"], bidirectional=result["bidirectional"],
-                            metadata=result["metadata"])
+            onnx_file = write_atomically(out, write, overwrite=overwrite) / ONNX_FILE
+        return OnnxExportResult(path=onnx_file, opset=result["opset"], seconds=time.perf_counter() - start,
+                                max_abs_diff=result["diffs"], bidirectional=result["bidirectional"],
+                                metadata=result["metadata"])
 
 
 def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: QuantizedExportPlan, kernel,
@@ -405,10 +409,23 @@ def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: Quant
     return summary
 
 
+def is_onnx_export(path: Path) -> bool:
+    """Whether ``path`` is an ``.onnx`` file :func:`export_onnx` wrote (``--overwrite`` replaces only those)."""
+    import onnx
+
+    if not path.is_file():
+        return False
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 (any unreadable file is simply not one of ours)
+        return False
+    return any(entry.key == _OUR_METADATA_KEY for entry in proto.metadata_props)
+
+
 def _runtime_facts(config) -> dict[str, str]:
     from sink_modifier.process import resolve_mask_token_id
 
-    facts = {"sink_modifier.logits": "input_ids [batch, seq_len] -> logits [batch, seq_len, vocab]"}
+    facts = {_OUR_METADATA_KEY: "input_ids [batch, seq_len] -> logits [batch, seq_len, vocab]"}
     try:
         facts["mask_token_id"] = str(resolve_mask_token_id(None, config))
     except ValueError:

@@ -168,6 +168,10 @@ def _validate(model, prompt_ids, mask_token_id, gen_length, steps, block_length,
         raise ValueError(f"mask_token_id {mask_token_id} is outside the model's vocabulary ({vocab_size} tokens); "
                          "pass the mask id of this model's tokenizer")
     max_positions = _config_int(model, "max_position_embeddings")
+    if max_positions is not None and prompt_len >= max_positions:
+        raise ValueError(f"the prompt alone is {prompt_len} tokens and the model's window is {max_positions} "
+                         f"positions (max_position_embeddings), leaving no room to generate; shorten the prompt "
+                         f"to at most {max_positions - 1} tokens")
     if max_positions is not None and prompt_len + gen_length > max_positions:
         raise ValueError(f"prompt ({prompt_len} tokens) + gen_length ({gen_length}) = {prompt_len + gen_length} "
                          f"exceeds the model's max_position_embeddings ({max_positions}); shorten the prompt "

@@ -26,10 +26,12 @@ import argparse
 import gzip
 import json
 import random
+import sys
 from pathlib import Path
 
 __all__ = ["TASKS", "read_documents", "write_local_tasks"]
 
+MANIFEST = "lm_eval_tasks.json"  # one of export.output_guard.MANIFESTS
 TASKS = ("sink_heldout_mc", "sink_heldout_lastword", "sink_heldout_rolling", "sink_heldout_gen")
 
 
@@ -103,15 +105,41 @@ def write_local_tasks(
     continuation_words: int = 12,
     rolling_words: int = 120,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> list[str]:
-    """Write the four tasks (JSONL + YAML) into ``out_dir``; return their names.
+    """Write the four tasks (JSONL + YAML) into the folder ``out_dir``; return their names.
 
     Documents with fewer than ``context_words + continuation_words`` words are skipped; the
     first ``num_docs`` usable ones (in file order) are kept, so the same arguments always write
-    the same tasks.
+    the same tasks. The folder appears complete or not at all, with ``lm_eval_tasks.json`` (the
+    settings) as its manifest; an existing one is replaced only with ``overwrite`` and only if
+    this tool wrote it (:mod:`sink_modifier.export.output_guard`).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from sink_modifier.export.atomic import json_text, write_atomically
+    from sink_modifier.export.output_guard import claim_output
+
+    with claim_output(out_dir, protected=(text_path,), overwrite=overwrite) as claim:
+        settings = {"data": str(text_path), "num_docs": num_docs, "context_words": context_words,
+                    "continuation_words": continuation_words, "rolling_words": rolling_words, "seed": seed,
+                    "tasks": list(TASKS)}
+        rows = _task_rows(text_path, num_docs=num_docs, context_words=context_words,
+                          continuation_words=continuation_words, rolling_words=rolling_words, seed=seed)
+
+        def write(folder: Path) -> None:
+            for name in TASKS:
+                (folder / f"{name}.jsonl").write_text(
+                    "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows[name]), encoding="utf-8")
+                # the YAML names the JSONL where it will be once the folder is in place
+                (folder / f"{name}.yaml").write_text(_yaml(name, claim.output / f"{name}.jsonl", _BODIES[name]),
+                                                     encoding="utf-8")
+            (folder / MANIFEST).write_text(json_text(settings, pretty=True), encoding="utf-8")
+
+        write_atomically(claim.output, write)
+    return list(TASKS)
+
+
+def _task_rows(text_path, *, num_docs: int, context_words: int, continuation_words: int, rolling_words: int,
+               seed: int) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     rows: dict[str, list[dict]] = {name: [] for name in TASKS}
     for doc in read_documents(text_path):
@@ -137,23 +165,31 @@ def write_local_tasks(
         rows["sink_heldout_gen"].append({"context": context, "target": tail})
         if len(rows["sink_heldout_mc"]) >= num_docs:
             break
-    for name in TASKS:
-        data = out / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows[name]), encoding="utf-8")
-        (out / f"{name}.yaml").write_text(_yaml(name, data, _BODIES[name]), encoding="utf-8")
-    return list(TASKS)
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from sink_modifier.cli import EXIT_INTERRUPTED, USER_ERRORS
+
     parser = argparse.ArgumentParser(prog="python -m sink_modifier.lm_eval.tasks", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="blank-line-separated documents (.txt or .txt.gz)")
     parser.add_argument("--output", required=True, help="folder for the JSONL + YAML files (--include_path)")
     parser.add_argument("--num-docs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing task folder written by this tool")
     args = parser.parse_args(argv)
-    names = write_local_tasks(args.data, args.output, num_docs=args.num_docs, seed=args.seed)
+    try:
+        names = write_local_tasks(args.data, args.output, num_docs=args.num_docs, seed=args.seed,
+                                  overwrite=args.overwrite)
+    except USER_ERRORS as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"wrote {', '.join(names)} to {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
