@@ -2,7 +2,7 @@
 
 Importing the package is light: it does not import llm-compressor. It still makes the
 modifiers nameable in YAML recipes (``SinkAwareWandaPruningModifier``,
-``SinkAwareSparseGPTModifier``, ``MaskPreservingGPTQModifier``) in either import order:
+``SinkAwareSparseGPTModifier``, ``MaskPreservingGPTQModifier``, ``SinkAwareGPTQModifier``) in either import order:
 if llm-compressor is already imported they are registered now, otherwise a one-shot import
 hook registers them as soon as ``import llmcompressor`` has finished. ``from sink_modifier
 import SinkAwareWandaPruningModifier`` imports them (and llm-compressor) on first use.
@@ -17,7 +17,8 @@ from types import ModuleType
 from typing import Callable
 
 __version__ = "0.1.0"
-__all__ = ["MaskPreservingGPTQModifier", "SinkAwareSparseGPTModifier", "SinkAwareWandaPruningModifier", "__version__"]
+__all__ = ["MaskPreservingGPTQModifier", "SinkAwareGPTQModifier", "SinkAwareSparseGPTModifier",
+           "SinkAwareWandaPruningModifier", "__version__"]
 
 _MODIFIERS = frozenset(__all__) - {"__version__"}
 

@@ -108,16 +108,16 @@ SWEEP = ["--model", str(TINY_DLM), "--recipe", str(REPO / "recipes" / "paper_sin
 @requires_shared(TINY_DLM)
 @requires_shared(HELDOUT)
 def test_sweep_runs_the_sink_pass_once_per_batch_and_writes_json_md_png(tmp_path, monkeypatch, capsys):
-    import sink_modifier.modifiers.sink_base as sink_base
+    import sink_modifier.modifiers.sink_row_weighting as sink_row_weighting
 
     calls = []
-    original = sink_base.global_attention_mass
+    original = sink_row_weighting.global_attention_mass
 
     def counting(model, input_ids, *args, **kwargs):
         calls.append(input_ids.shape)
         return original(model, input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(sink_base, "global_attention_mass", counting)
+    monkeypatch.setattr(sink_row_weighting, "global_attention_mass", counting)
     out = tmp_path / "sweep"
     assert main(["sweep", *SWEEP, "--sparsities", "0.5,2:4", "--output", str(out), "--json"]) == 0
     assert len(calls) == 2  # 2 windows x 1 timestep, batches of 1 row: one sink pass each, for both points

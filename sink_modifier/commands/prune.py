@@ -86,12 +86,9 @@ def package_versions() -> dict[str, str]:
 def _modifier_settings() -> list[dict]:
     from llmcompressor.core import active_session
 
-    modifiers = active_session().lifecycle.recipe.modifiers
-    return [
-        {"type": type(m).__name__, **m.model_dump(exclude={"index", "group", "start", "end", "update",
-                                                           "initialized_", "finalized_", "started_", "ended_"})}
-        for m in modifiers
-    ]
+    from sink_modifier.modifiers.settings import modifier_settings
+
+    return [{"type": type(m).__name__, **modifier_settings(m)} for m in active_session().lifecycle.recipe.modifiers]
 
 
 def _attach_family(modifiers: list, family: ModelFamily, calibration) -> None:

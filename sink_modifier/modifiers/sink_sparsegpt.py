@@ -169,6 +169,12 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
             hessian, self._num_samples[module] = accumulate_hessian(x, module, hessian, self._num_samples[module])
         self._hessians[module] = hessian.cpu() if self.offload_hessians else hessian
 
+    def _sink_mask_settings(self) -> dict:
+        if self.sink_mask_mode == "per_row":
+            return super()._sink_mask_settings()
+        return {"sink_mask_mode": self.sink_mask_mode, "reference_timesteps": self.reference_timesteps,
+                "reference_eps": self.reference_eps, "seed": self.seed}
+
     def batch_token_weights(self, input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         if self.sink_mask_mode == "per_row":
             return super().batch_token_weights(input_ids, valid)

@@ -30,13 +30,10 @@ from sink_modifier.modifiers.wanda_scoring import (
     fold_contribution,
     prune_mask,
 )
+from sink_modifier.modifiers.settings import modifier_settings
 from sink_modifier.sinks.mask_cache import batch_digest, loader_batch_digests, tensors_digest
 
 __all__ = ["SinkAwareWandaPruningModifier"]
-
-# the llm-compressor Modifier's own bookkeeping fields (not settings)
-_LIFECYCLE_FIELDS = {"index", "group", "start", "end", "update", "initialized_", "finalized_", "started_", "ended_"}
-
 
 class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
     """Wanda pruning with attention-sink-aware activation statistics (arXiv 2602.17664).
@@ -131,8 +128,8 @@ class SinkAwareWandaPruningModifier(SinkAwareSparsityBase):
         names = {name: module for module, name in self._module_names.items()}
         device = next(v for v in self._pending_call.values() if isinstance(v, torch.Tensor)).device
         # every setting but those that only act after the statistics (a new field is keyed by default)
-        settings = self.model_dump(exclude={"sparsity", "mask_structure", "preserve_sparsity_mask",
-                                            "attention_chunk_size", *_LIFECYCLE_FIELDS})
+        settings = modifier_settings(self, exclude={"sparsity", "mask_structure", "preserve_sparsity_mask",
+                                                    "attention_chunk_size"})
         rows = None if self._rows is None else tensors_digest(  # timestep_weighting reads the rows' t
             {"window": self._rows.window_index, "timestep": self._rows.timestep})
         key = cache.statistics_key(device, batches, {"modifier": type(self).__name__, "pipeline": "basic",
