@@ -45,7 +45,6 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import math
 import os
 import platform
 import sys
@@ -59,23 +58,27 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SINK_MODIFIER_SHARED", REPO.parent / "shared"))
-MODEL_DIR = SHARED / "models" / "tiny-dlm"
-DATA = SHARED / "data"
-RESULTS = REPO / "benchmarks" / "results"
-STORE = RESULTS / "calibration_study.json"
+from study_protocol import (  # noqa: E402  (benchmarks/, beside this script)
+    DEV_FRACTION,
+    DOMAINS,
+    MODEL_DIR,
+    NEGLIGIBLE_NATS,
+    REPORTED,
+    RESULTS,
+    SEQ_LEN,
+    SIGNIFICANT_Z,
+    calibration_set,
+    eval_windows,
+    evaluate,
+    load_model,
+    load_tokenizer,
+    log,
+    paired,
+    split_corpus,
+    verdict,
+)
 
-SEQ_LEN = 256
-DEV_FRACTION = 0.1  # tail of the corpus documents held back for choosing settings
-EVAL_SEED = 0  # evaluation windows and masks: fixed for every model
-DOMAINS = ("dev", "heldout", "handbook")
-REPORTED = ("heldout", "handbook")
-LLADA_GRID = tuple(round(0.1 * j, 1) for j in range(1, 11))
-SIGNIFICANT_Z = 2.0
-# A significant effect this small on both domains is reported as negligible: at 50% sparsity the
-# pruning gap to dense is ~0.09 nats/token, so 0.002 is about 2% of it.
-NEGLIGIBLE_NATS = 0.002
+STORE = RESULTS / "calibration_study.json"
 
 
 # -- arms -----------------------------------------------------------------------------------------
@@ -180,82 +183,6 @@ def all_arms() -> dict[str, Arm]:
 
 
 # -- data ------------------------------------------------------------------------------------------------
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def load_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(MODEL_DIR)
-
-
-def load_model():
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
-
-
-def split_corpus(max_chars: int) -> tuple[list[str], list[str]]:
-    """The corpus documents for calibration and the held-back tail (``dev``) for choosing settings."""
-    from sink_modifier.data import load_documents
-
-    documents = load_documents(DATA / "corpus.txt.gz", max_chars=max_chars)
-    cut = int(len(documents) * (1 - DEV_FRACTION))
-    return documents[:cut], documents[cut:]
-
-
-def eval_windows(tokenizer, dev_documents: list[str], count: int) -> dict[str, torch.Tensor]:
-    from sink_modifier.data import load_documents, token_windows
-
-    sources = {
-        "dev": dev_documents,
-        "heldout": load_documents(DATA / "heldout.txt.gz", max_chars=4_000_000),
-        "handbook": load_documents(DATA / "handbook.txt.gz", max_chars=4_000_000),
-    }
-    return {name: token_windows(docs, tokenizer, SEQ_LEN, count, seed=EVAL_SEED) for name, docs in sources.items()}
-
-
-def timestep_grid(kind: str, count: int, seed: int) -> tuple[float, ...]:
-    """``count`` timesteps in (0, 1]: LLaDA's even grid, or quantiles of a uniform / low- / high-t-heavy law.
-
-    ``uniform`` draws its timesteps at random per seed (a fresh grid for every calibration seed);
-    ``low`` / ``high`` are the midpoint quantiles of t = u² / t = 1 − (1 − u)², i.e. three times
-    denser near t = 0 (mostly clean rows) or near t = 1 (mostly masks).
-    """
-    if kind == "llada":
-        return tuple(round(j / count, 4) for j in range(1, count + 1))
-    u = [(j + 0.5) / count for j in range(count)]
-    if kind == "uniform":
-        g = torch.Generator().manual_seed(10_000 + seed)
-        return tuple(sorted(round(max(1e-3, float(x)), 4) for x in torch.rand(count, generator=g)))
-    if kind == "low":
-        return tuple(round(x * x, 4) for x in u)
-    if kind == "high":
-        return tuple(round(1 - (1 - x) ** 2, 4) for x in u)
-    raise ValueError(kind)
-
-
-def calibration_set(arm: Arm, documents, tokenizer, config, rows: int, timesteps: int, seed: int):
-    """The arm's calibration rows: ``rows`` forward rows of SEQ_LEN tokens, whatever the arm."""
-    from sink_modifier.data import token_windows
-    from sink_modifier.process import MaskTokenProcess, build_calibration
-
-    if arm.calibration == "clean":
-        grid = (0.0,)
-    elif arm.calibration == "mixed":
-        grid = (0.0, 0.25, 0.5, 0.75, 1.0)
-    else:
-        grid = timestep_grid(arm.grid, timesteps, seed)
-    if rows % len(grid):
-        raise SystemExit(f"--rows {rows} is not a multiple of {len(grid)} timesteps ({arm.key})")
-    windows = token_windows(documents, tokenizer, SEQ_LEN, rows // len(grid), seed=seed)
-    cal = build_calibration(windows, tokenizer, process=MaskTokenProcess(int(config.mask_token_id)),
-                            seq_len=SEQ_LEN, num_samples=windows.shape[0], timesteps=grid, seed=seed, config=config)
-    assert len(cal) == rows, (arm.key, len(cal), rows)
-    return cal
-
-
 # -- pruning and evaluation ------------------------------------------------------------------------
 def decoder_linears(model) -> list[torch.nn.Linear]:
     return [m for layer in model.model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
@@ -295,16 +222,6 @@ def prune(arm: Arm, spec, cal, tokenizer, batch_size: int):
     return model, time.perf_counter() - start
 
 
-def evaluate(model, windows: dict[str, torch.Tensor], mask_token_id: int, mc_samples: int) -> dict:
-    from sink_modifier.scoring import nelbo
-
-    out = {}
-    for name, ids in windows.items():
-        bound = nelbo(model, ids, mask_token_id, mc_samples=mc_samples, seed=EVAL_SEED, batch_size=16)
-        out[name] = {"nelbo": bound.nelbo, "per_window": [round(float(x), 6) for x in bound.per_window]}
-    return out
-
-
 # -- the store ---------------------------------------------------------------------------------------
 def settings_of(args) -> dict:
     return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": SEQ_LEN, "eval_windows": args.eval_windows,
@@ -335,11 +252,6 @@ def run_key(spec, arm: Arm, seed: int | None) -> str:
 
 
 # -- statistics ----------------------------------------------------------------------------------
-def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    return float(d.mean()), float(d.std(unbiased=True) / math.sqrt(d.numel()))
-
-
 def seed_mean_windows(store: dict, spec: str, arm: Arm, domain: str, seeds: list[int]) -> list[float] | None:
     """Per-window NELBO averaged over the seeds that have run (None when none has)."""
     keys = [f"{spec}|{arm.key}|-"] if arm.data_free else [f"{spec}|{arm.key}|{s}" for s in seeds]
@@ -438,26 +350,6 @@ def best_against_baseline(store: dict, table: dict) -> list[str]:
         lines.append(f"| {spec} | {rows[best]['label']} | {nelbo(best)} | {rows[baseline]['label']} | "
                      f"{nelbo(baseline)} | {deltas[0]} | {deltas[1]} |")
     return lines
-
-
-def verdict(entry: dict) -> str:
-    """'better' / 'worse' when both report domains move the same way by at least 2 se, else 'neutral' or
-    'mixed'; 'negligible' when an effect is significant but under NEGLIGIBLE_NATS on both domains."""
-    signs, sizes = [], []
-    for domain in REPORTED:
-        mean, se = entry[domain]["vs_reference"]
-        signs.append(0 if abs(mean) < SIGNIFICANT_Z * se else (1 if mean > 0 else -1))
-        sizes.append(abs(mean))
-    if any(signs) and max(sizes) < NEGLIGIBLE_NATS:
-        return f"negligible (significant, but under {NEGLIGIBLE_NATS} nats on both domains)"
-    if all(x == -1 for x in signs):
-        return "better"
-    if all(x == 1 for x in signs):
-        return "worse"
-    if all(x == 0 for x in signs):
-        return "neutral"
-    return "mixed (" + ", ".join(f"{d} {'better' if x < 0 else 'worse' if x > 0 else 'neutral'}"
-                                  for d, x in zip(REPORTED, signs)) + ")"
 
 
 def findings(table: dict) -> list[str]:
@@ -703,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         if deadline is not None and time.monotonic() > deadline:
             log(f"--max-minutes reached; {sum(run_key(s, a, None if a.data_free else d) not in store['runs'] for s, a, d in todo)} runs left")
             break
-        cal = None if arm.data_free else calibration_set(arm, calib_docs, tokenizer, config, args.rows, args.timesteps, seed)
+        cal = None if arm.data_free else calibration_set(arm.calibration, arm.grid, calib_docs, tokenizer, config,
+                                                             args.rows, args.timesteps, seed, arm.key)
         model, prune_s = prune(arm, spec, cal, tokenizer, args.batch_size)
         result = {"prune_s": round(prune_s, 2), "achieved_sparsity": achieved_sparsity(model),
                   "eval": evaluate(model, windows, mask_token_id, args.mc_samples),

@@ -1,0 +1,157 @@
+"""The matched-compute study protocol shared by the calibration and quantization studies.
+
+``benchmarks/README.md`` ("Matched compute") states it; this module is its one implementation:
+the corpus split into calibration documents and a held-back ``dev`` tail, the evaluation windows
+of the three domains (fixed seed: every model answers the same questions), the timestep grids,
+the calibration rows of an arm (same number of forward rows whatever the arm), the NELBO
+evaluation, and the verdict of a paired comparison (:func:`sink_modifier.scoring.paired.paired_difference`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SINK_MODIFIER_SHARED", REPO.parent / "shared"))
+MODEL_DIR = SHARED / "models" / "tiny-dlm"
+DATA = SHARED / "data"
+RESULTS = REPO / "benchmarks" / "results"
+
+SEQ_LEN = 256
+DEV_FRACTION = 0.1  # tail of the corpus documents held back for choosing settings
+EVAL_SEED = 0  # evaluation windows and masks: fixed for every model
+DOMAINS = ("dev", "heldout", "handbook")
+REPORTED = ("heldout", "handbook")
+LLADA_GRID = tuple(round(0.1 * j, 1) for j in range(1, 11))
+SIGNIFICANT_Z = 2.0
+# A significant effect this small on both domains is reported as negligible: at 50% sparsity the
+# pruning gap to dense is ~0.09 nats/token, so 0.002 is about 2% of it.
+NEGLIGIBLE_NATS = 0.002
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Per-window paired difference ``a - b``: mean and standard error."""
+    from sink_modifier.scoring.paired import paired_difference
+
+    return paired_difference(a, b)
+
+
+def verdict(entry: dict) -> str:
+    """'better' / 'worse' when both report domains move the same way by at least 2 se, else 'neutral' or
+    'mixed'; 'negligible' when an effect is significant but under NEGLIGIBLE_NATS on both domains.
+    ``entry[domain]["vs_reference"]`` is a paired (mean, se)."""
+    signs, sizes = [], []
+    for domain in REPORTED:
+        mean, se = entry[domain]["vs_reference"]
+        signs.append(0 if abs(mean) < SIGNIFICANT_Z * se else (1 if mean > 0 else -1))
+        sizes.append(abs(mean))
+    if any(signs) and max(sizes) < NEGLIGIBLE_NATS:
+        return f"negligible (significant, but under {NEGLIGIBLE_NATS} nats on both domains)"
+    if all(x == -1 for x in signs):
+        return "better"
+    if all(x == 1 for x in signs):
+        return "worse"
+    if all(x == 0 for x in signs):
+        return "neutral"
+    return "mixed (" + ", ".join(f"{d} {'better' if x < 0 else 'worse' if x > 0 else 'neutral'}"
+                                  for d, x in zip(REPORTED, signs)) + ")"
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MODEL_DIR)
+
+
+def load_model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+
+
+def split_corpus(max_chars: int) -> tuple[list[str], list[str]]:
+    """The corpus documents for calibration and the held-back tail (``dev``) for choosing settings."""
+    from sink_modifier.data import load_documents
+
+    documents = load_documents(DATA / "corpus.txt.gz", max_chars=max_chars)
+    cut = int(len(documents) * (1 - DEV_FRACTION))
+    return documents[:cut], documents[cut:]
+
+
+def eval_windows(tokenizer, dev_documents: list[str], count: int) -> dict[str, torch.Tensor]:
+    from sink_modifier.data import load_documents, token_windows
+
+    sources = {
+        "dev": dev_documents,
+        "heldout": load_documents(DATA / "heldout.txt.gz", max_chars=4_000_000),
+        "handbook": load_documents(DATA / "handbook.txt.gz", max_chars=4_000_000),
+    }
+    return {name: token_windows(docs, tokenizer, SEQ_LEN, count, seed=EVAL_SEED) for name, docs in sources.items()}
+
+
+def timestep_grid(kind: str, count: int, seed: int) -> tuple[float, ...]:
+    """``count`` timesteps in (0, 1]: LLaDA's even grid, or quantiles of a uniform / low- / high-t-heavy law.
+
+    ``uniform`` draws its timesteps at random per seed (a fresh grid for every calibration seed);
+    ``low`` / ``high`` are the midpoint quantiles of t = u² / t = 1 − (1 − u)², i.e. three times
+    denser near t = 0 (mostly clean rows) or near t = 1 (mostly masks).
+    """
+    if kind == "llada":
+        return tuple(round(j / count, 4) for j in range(1, count + 1))
+    u = [(j + 0.5) / count for j in range(count)]
+    if kind == "uniform":
+        g = torch.Generator().manual_seed(10_000 + seed)
+        return tuple(sorted(round(max(1e-3, float(x)), 4) for x in torch.rand(count, generator=g)))
+    if kind == "low":
+        return tuple(round(x * x, 4) for x in u)
+    if kind == "high":
+        return tuple(round(1 - (1 - x) ** 2, 4) for x in u)
+    raise ValueError(kind)
+
+
+def calibration_set(calibration: str, grid_kind: str, documents, tokenizer, config, rows: int, timesteps: int,
+                    seed: int, label: str = ""):
+    """An arm's calibration rows: ``rows`` forward rows of SEQ_LEN tokens, whatever the arm.
+
+    ``calibration``: ``clean`` (t = 0), ``mixed`` (t = 0, .25, .5, .75, 1) or ``noised`` (``timesteps``
+    of the ``grid_kind`` grid, :func:`timestep_grid`); the windows are drawn with ``seed``.
+    """
+    from sink_modifier.data import token_windows
+    from sink_modifier.process import MaskTokenProcess, build_calibration
+
+    if calibration == "clean":
+        grid = (0.0,)
+    elif calibration == "mixed":
+        grid = (0.0, 0.25, 0.5, 0.75, 1.0)
+    else:
+        grid = timestep_grid(grid_kind, timesteps, seed)
+    if rows % len(grid):
+        raise SystemExit(f"--rows {rows} is not a multiple of {len(grid)} timesteps ({label})")
+    windows = token_windows(documents, tokenizer, SEQ_LEN, rows // len(grid), seed=seed)
+    cal = build_calibration(windows, tokenizer, process=MaskTokenProcess(int(config.mask_token_id)),
+                            seq_len=SEQ_LEN, num_samples=windows.shape[0], timesteps=grid, seed=seed, config=config)
+    assert len(cal) == rows, (label, len(cal), rows)
+    return cal
+
+
+def evaluate(model, windows: dict[str, torch.Tensor], mask_token_id: int, mc_samples: int) -> dict:
+    from sink_modifier.scoring import nelbo
+
+    out = {}
+    for name, ids in windows.items():
+        bound = nelbo(model, ids, mask_token_id, mc_samples=mc_samples, seed=EVAL_SEED, batch_size=16)
+        out[name] = {"nelbo": bound.nelbo, "per_window": [round(float(x), 6) for x in bound.per_window]}
+    return out
