@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=16, help="greedy tokens compared")
     p.add_argument("--only", default=None, help="comma-separated checkpoint names (dense, recipe stems)")
     p.add_argument("--output", type=Path, default=RESULTS / "vllm_cpu.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows --output already holds for the same settings; run only the missing ones")
     args = p.parse_args(argv)
     if not (args.model / "config.json").is_file():
         p.error(f"--model {args.model} has no config.json; pass the tiny-ar folder (../shared/models/tiny-ar)")
@@ -107,7 +109,8 @@ def kernel_summary(kernels: dict) -> dict:
     for record in kernels.values():
         if record.get("scheme") is None:
             continue
-        key = f"{record['scheme']} -> {record.get('kernel')}"
+        path = f" ({record['kernel_path'].removeprefix('_apply_weights_')})" if record.get("kernel_path") else ""
+        key = f"{record['scheme']} -> {record.get('kernel')}{path}"
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -118,7 +121,8 @@ def bound_for(name: str) -> float | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    names = ["dense", *PRUNING_RECIPES, *QUANTIZED_RECIPES]
+    # quantized first: they are the checkpoints whose kernels and bounds this check is for
+    names = ["dense", *QUANTIZED_RECIPES, *PRUNING_RECIPES]
     if args.only:
         names = [n for n in args.only.split(",") if n]
         unknown = sorted(set(names) - {"dense", *PRUNING_RECIPES, *QUANTIZED_RECIPES})
@@ -129,8 +133,14 @@ def main(argv=None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     folders = build_checkpoints(args.model.resolve(), names, args.work_dir.resolve(), args.num_samples)
     prompts = prompt_windows(args.model, args.prompts, args.prompt_len)
+    settings = {"model": str(args.model), "prompts": args.prompts, "prompt_len": args.prompt_len,
+                "new_tokens": args.new_tokens, "num_samples": args.num_samples}
+    done = _previous_rows(args.output, settings) if args.resume else {}
     rows = []
     for name in names:
+        if name in done:
+            rows.append(done[name])
+            continue
         folder = folders[name]
         row = {"name": name, "recipe": None if name == "dense" else f"recipes/{name}.yaml"}
         if isinstance(folder, str):
@@ -157,6 +167,28 @@ def main(argv=None) -> int:
         log(f"{name}: max |Δ logprob| {agreement.max_abs:.2e} (mean {agreement.mean_abs:.2e}); "
             f"kernels {row['kernels'] or 'none (float)'}; greedy identical: {row['greedy_identical']}")
         rows.append(row)
+        _write(args, argv, settings, rows)  # after every checkpoint: an interrupted run keeps its rows
+    _write(args, argv, settings, rows)
+    print(markdown_table(rows))
+    failed = [r["name"] for r in rows if not r.get("loads") or (r.get("logprobs") or {}).get("within_bound") is False]
+    if failed:
+        print(f"vllm_cpu: {len(failed)} checkpoint(s) failed to load or exceeded their bound: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _previous_rows(output: Path, settings: dict) -> dict:
+    if not output.is_file():
+        return {}
+    old = json.loads(output.read_text())
+    if old.get("settings") != settings:
+        log(f"--resume: {output} was made with other settings; running every checkpoint")
+        return {}
+    # a row is kept only if it was judged against the bound in force now
+    return {r["name"]: r for r in old["rows"] if r.get("loads") and (r.get("logprobs") or {}).get("bound") == bound_for(r["name"])}
+
+
+def _write(args, argv, settings: dict, rows: list[dict]) -> None:
     versions = next((r["versions"] for r in rows if r.get("versions")), None)
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -166,17 +198,11 @@ def main(argv=None) -> int:
         "model": str(args.model), "prompts": {"count": args.prompts, "tokens": args.prompt_len,
                                               "source": "heldout.txt.gz windows, seed 0"},
         "new_tokens": args.new_tokens, "num_samples": args.num_samples, "float_bound": FLOAT_BOUND,
-        "quantized_bounds": QUANTIZED_BOUNDS, "rows": rows,
+        "quantized_bounds": QUANTIZED_BOUNDS, "settings": settings, "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     args.output.with_suffix(".md").write_text(markdown(report))
-    print(markdown_table(rows))
-    failed = [r["name"] for r in rows if not r.get("loads") or (r.get("logprobs") or {}).get("within_bound") is False]
-    if failed:
-        print(f"vllm_cpu: {len(failed)} checkpoint(s) failed to load or exceeded their bound: {failed}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _our_versions() -> dict:

@@ -44,10 +44,14 @@ def _kernels(model) -> dict[str, dict[str, str]]:
             continue
         scheme = getattr(module, "scheme", None)
         kernel = next((getattr(scheme, a) for a in KERNEL_ATTRIBUTES if getattr(scheme, a, None) is not None), None)
+        # CPUInt8ScaledMMLinearKernel decides per layer between sgl-kernel's int8 GEMM and
+        # oneDNN's (process_weights_after_loading sets linear_method): record which
+        path = getattr(kernel, "linear_method", None)
         found[name] = {
             "method": type(method).__name__,
             "scheme": type(scheme).__name__ if scheme is not None else None,
             "kernel": type(kernel).__name__ if kernel is not None else None,
+            "kernel_path": getattr(path, "__name__", None),
         }
     return found
 
