@@ -248,4 +248,5 @@ def test_quantized_checkpoint_records_rounding_zeros_so_any_change_is_caught(qua
 
 def test_report_defaults():
     report = VerifyReport(path="x")
-    assert report.to_dict() == {"path": "x", "ok": False, "quantized": False, "checks": [], "problems": []}
+    assert report.to_dict() == {"path": "x", "ok": False, "quantized": False, "checks": [], "problems": [],
+                                "notes": []}

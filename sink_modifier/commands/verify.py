@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"ok       {check}")
         for problem in report.problems:
             print(f"PROBLEM  {problem}")
+        for note in report.notes:
+            print(f"note     {note}")
     if report.ok:
         if not args.json:
             print(f"{args.dir}: verified ({len(report.checks)} checks passed)")

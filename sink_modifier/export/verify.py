@@ -12,7 +12,11 @@ float tensor) and checks:
 4. every layer recorded in ``sparsity.per_layer`` exists and has the recorded fraction of
    exact zeros (within ``tolerance``);
 5. every recorded layer keeps the N:M pattern of any N:M modifier in ``modifiers``;
-6. a forward pass on a few token ids gives finite logits.
+6. a forward pass on a few token ids gives finite logits;
+7. the files hold nothing vLLM 0.32's loader would refuse (:mod:`.vllm_layout`: schemes, name
+   mapping, tied copies, expert layout; read from the files, no vLLM needed). What vLLM would
+   serve with a caveat (no vLLM model class for the architecture, ``is_causal: false`` run
+   causally) goes to ``notes``: not a problem of the checkpoint.
 
 Quantized layers: symmetric and integer-zero-point quantization map 0 to exactly 0, so
 pruned zeros survive, and small kept weights can also round to 0. ``prune`` records the
@@ -48,6 +52,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     quantized: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +61,7 @@ class VerifyReport:
             "quantized": self.quantized,
             "checks": list(self.checks),
             "problems": list(self.problems),
+            "notes": list(self.notes),
         }
 
 
@@ -270,6 +276,26 @@ def _check_forward(model, family, report: VerifyReport) -> None:
     report.checks.append(f"forward pass on {length} token ids: finite logits {tuple(logits.shape)}")
 
 
+# vllm_layout codes that verify reports itself (sparsity) or that are about the runtime, not the files
+_LAYOUT_NOTES = {"architecture"}
+_LAYOUT_SKIPPED = {"sparsity_targets", "config"}
+
+
+def _check_vllm_layout(folder: Path, report: VerifyReport) -> None:
+    from sink_modifier.export.vllm_layout import VLLM_VERSION, check_vllm_layout
+
+    layout = check_vllm_layout(folder)
+    refusals = [f for f in layout.refusals if f.code not in _LAYOUT_SKIPPED]
+    report.notes.extend(f"vLLM {VLLM_VERSION}: {f.message}" for f in layout.refusals if f.code in _LAYOUT_NOTES)
+    report.notes.extend(f"vLLM {VLLM_VERSION}: {f.message}" for f in layout.notes if f.code != "scheme")
+    problems = [f"vLLM {VLLM_VERSION} would refuse: {f.message}" for f in refusals if f.code not in _LAYOUT_NOTES]
+    report.problems.extend(problems)
+    if not problems:
+        schemes = sorted({f.message.split(" -> ")[1].split(" ")[0] for f in layout.notes if f.code == "scheme"})
+        report.checks.append(f"vLLM {VLLM_VERSION} layout: {layout.tensors} tensors, nothing its loader refuses"
+                             + (f" (schemes {', '.join(schemes)})" if schemes else ""))
+
+
 def verify_checkpoint(
     path: str | Path, *, tolerance: float = 1e-6, trust_remote_code: bool = False,
     family: str | ModelFamily | None = None,
@@ -288,6 +314,8 @@ def verify_checkpoint(
     config = _check_config(folder, report)
     per_layer = _per_layer(meta, report) if meta is not None else None
     structures = _n_m_structures(meta, report) if meta is not None else []
+    if config is not None:
+        _check_vllm_layout(folder, report)
 
     model = None
     if config is not None:
