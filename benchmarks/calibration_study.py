@@ -73,6 +73,7 @@ from study_protocol import (  # noqa: E402  (benchmarks/, beside this script)
     load_model,
     load_tokenizer,
     log,
+    merge_stores,
     paired,
     split_corpus,
     verdict,
@@ -362,18 +363,6 @@ def findings(table: dict) -> list[str]:
             deltas = "; ".join(f"{d} {_fmt(entry[d]['vs_reference'])}" for d in REPORTED)
             out.append(f"- {spec}: `{key}` vs `{ref}`: **{verdict(entry)}** ({deltas}).")
     return out or ["- no complete comparison yet"]
-
-
-def merge_stores(into: dict, other: dict) -> int:
-    """Add ``other``'s runs (same settings, seeds and dense evaluation) to ``into``; returns how many were new."""
-    if other["settings"] != into["settings"] or other.get("seeds") != into.get("seeds"):
-        raise SystemExit("the stores were run with different settings or seeds; they cannot be merged")
-    if into["dense"] is not None and other["dense"] is not None and into["dense"] != other["dense"]:
-        raise SystemExit("the stores' dense evaluations differ (another model or data?); not merged")
-    new = {k: v for k, v in other["runs"].items() if k not in into["runs"]}
-    into["runs"].update(new)
-    into["dense"] = into["dense"] or other["dense"]
-    return len(new)
 
 
 def write_report(store: dict, path: Path) -> None:

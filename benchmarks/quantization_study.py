@@ -54,7 +54,6 @@ import torch
 from study_protocol import (  # benchmarks/, beside this script
     DOMAINS,
     MODEL_DIR,
-    REPORTED,
     RESULTS,
     SEQ_LEN,
     SIGNIFICANT_Z,
@@ -64,6 +63,7 @@ from study_protocol import (  # benchmarks/, beside this script
     load_model,
     load_tokenizer,
     log,
+    merge_stores,
     paired,
     split_corpus,
     verdict,
@@ -105,8 +105,12 @@ SCHEMES = {s.key: s for s in (
     Scheme("w4a16_awq", "W4A16 int4 g32, AWQ + RTN", "awq", {"config_groups": W4_G32}),
     Scheme("w4a16_rtn", "W4A16 int4 g32, RTN (no data)", "rtn", {"config_groups": W4_G32}, data_free=True),
     Scheme("w8a8", "W8A8 int8 (dynamic per-token activations), GPTQ", "gptq", {"scheme": "W8A8"}),
+    Scheme("w8a8_rtn", "W8A8 int8, RTN (no data; the shipped CPU recipe's)", "rtn", {"scheme": "W8A8"},
+           data_free=True),
     Scheme("w4a4", "W4A4 int4 g32 weights, dynamic int4 activations, GPTQ", "gptq", {"config_groups": W4A4_G32}),
     Scheme("fp8", "FP8 weights, static per-tensor FP8 activations", "rtn", {"scheme": "FP8"}),
+    Scheme("fp8_dynamic", "FP8 weights, dynamic per-token FP8 activations (no data)", "rtn",
+           {"scheme": "FP8_DYNAMIC"}, data_free=True),
     Scheme("nvfp4", "NVFP4 weights and activations (static global scales)", "rtn", {"scheme": "NVFP4"}),
 )}
 
@@ -141,6 +145,7 @@ GPTQ_ARMS = (
 )
 DATA_FREE = Arm("none", "no calibration data", "none")
 PRUNED_ARMS = ROW_ARMS[:2]  # after a pruning recipe: clean vs noised rows for the quantization stage
+PRUNED_SCHEMES = ("w4a16",)  # GPTQ that keeps the zeros (RTN schemes keep them by construction, need no rows)
 
 
 def arms_of(scheme: Scheme, base: str) -> list[Arm]:
@@ -171,8 +176,19 @@ def quantization_modifiers(scheme: Scheme, arm: Arm, pruned: bool) -> list:
             return [SinkAwareGPTQModifier(preserve_sparsity_mask=pruned, **common, **arm.settings)]
         return [GPTQModifier(**common)]
     if scheme.algorithm == "awq":
-        return [AWQModifier(ignore=[HEAD]), QuantizationModifier(**common)]
+        _cpu_awq()
+        return [AWQModifier(), QuantizationModifier(**common)]  # AWQ reads the scheme of the modifier after it
     return [QuantizationModifier(**common)]
+
+
+def _cpu_awq() -> None:
+    """llm-compressor 0.14's AWQ pins its cached activations (``IntermediatesCache.pin_memory``) to speed
+    up host-to-GPU copies, unconditionally; without an accelerator ``Tensor.pin_memory`` raises. Pinning
+    changes no value, so on a CPU-only machine the study skips it (AWQ's maths untouched)."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.cuda.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
 
 # -- bases: dense, or a shipped pruning recipe ------------------------------------------------------------
@@ -395,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
     parser.add_argument("--store", type=Path, default=STORE)
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="add the runs of another store (same settings; e.g. a second process's) and report")
     args = parser.parse_args(argv)
 
     store = load_store(settings_of(args), args.store)
@@ -402,7 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     store.setdefault("seeds", seeds)
     if store["seeds"] != seeds:
         raise SystemExit(f"the store was run with seeds {store['seeds']}; pass --seeds {','.join(map(str, store['seeds']))}")
-    if args.report:
+    if args.merge is not None:
+        added = merge_stores(store, json.loads(args.merge.read_text()))
+        save_store(store, args.store)
+        log(f"merged {added} runs from {args.merge}")
+    if args.report or args.merge is not None:
         write_report(store, args.store)
         return 0
     unknown = sorted(set(args.schemes.split(",")) - set(SCHEMES))
@@ -411,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from sink_modifier import console
-    from sink_modifier.runtime.cpu_isa import describe_cpu
+    from sink_modifier.runtime.cpu_isa import cpu_isa
 
     console.configure(0)
     import llmcompressor  # noqa: F401  (after console.configure: its logs go to stderr)
@@ -428,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(base, SCHEMES[s], arm, seed) for base in args.bases.split(",") for s in args.schemes.split(",")
             for arm in arms_of(SCHEMES[s], base) for seed in seeds
             if (wanted is None or arm.key in wanted) and not (arm.data_free and seed != seeds[0])
-            and (base == "dense" or SCHEMES[s].algorithm == "gptq")]
+            and (base == "dense" or s in PRUNED_SCHEMES)]
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
     pruned_cache: dict = {}
     started = time.monotonic()
@@ -451,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         store["runs"][key] = result
         store["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
-                                "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": describe_cpu()}
+                                "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": cpu_isa()["summary"]}
         save_store(store, args.store)
         log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
             f"handbook {result['eval']['handbook']['nelbo']:.4f} ({seconds:.0f}s, "

@@ -38,6 +38,18 @@ SIGNIFICANT_Z = 2.0
 NEGLIGIBLE_NATS = 0.002
 
 
+def merge_stores(into: dict, other: dict) -> int:
+    """Add ``other``'s runs (same settings, seeds and dense evaluation) to ``into``; returns how many were new."""
+    if other["settings"] != into["settings"] or other.get("seeds") != into.get("seeds"):
+        raise SystemExit("the stores were run with different settings or seeds; they cannot be merged")
+    if into["dense"] is not None and other["dense"] is not None and into["dense"] != other["dense"]:
+        raise SystemExit("the stores' dense evaluations differ (another model or data?); not merged")
+    new = {k: v for k, v in other["runs"].items() if k not in into["runs"]}
+    into["runs"].update(new)
+    into["dense"] = into["dense"] or other["dense"]
+    return len(new)
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
