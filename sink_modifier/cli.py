@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from sink_modifier import console
+from sink_modifier.errors import CheckFailedError
 from sink_modifier.commands import analyze, evaluate, export_onnx, families, generate, prune, sweep, verify
 
 __all__ = ["build_parser", "main"]
@@ -29,7 +30,11 @@ COMMANDS = {
     "export-onnx": export_onnx,
 }
 
+# Other names of a sub-command: `compress` runs any recipe (pruning, quantization or both), as prune does.
+ALIASES = {"compress": "prune"}
+
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+EXIT_CHECK_FAILED = 1  # a check of the command's own result failed (verify's problems, prune's coverage)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
@@ -61,13 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         command = f"sink-modifier {args.command}"
         console.configure(args.verbose)
-        return COMMANDS[args.command].run(args)
+        return COMMANDS[ALIASES.get(args.command, args.command)].run(args)
     except KeyboardInterrupt:
         # Ctrl-C: one line, no traceback; writers clean up their temporary files on the way out
         print(f"{command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except CheckFailedError as err:
+        print(f"{command}: check failed: {err}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except (*USER_ERRORS, RuntimeError) as err:
         cause = _root_cause(err)
+        if isinstance(cause, CheckFailedError):
+            print(f"{command}: check failed: {cause}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
         if not isinstance(cause, USER_ERRORS):
             raise
         print(f"{command}: error: {cause}", file=sys.stderr)

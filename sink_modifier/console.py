@@ -54,6 +54,9 @@ UPSTREAM_NOISE = (
     # Names the hidden temporary folder that export/atomic.py renames into place; the user
     # asked for, and gets, the final folder ("wrote DIR").
     "Resaved original config",
+    # llm-compressor linearises MoE experts for calibration (what prune relies on) and suggests
+    # registering a load converter to its own developers; nothing for a user of the command to do.
+    "MoE is being linearized after loading",
 )
 
 # (Python logger, message prefix) pairs of the standard logging module to drop, and why.

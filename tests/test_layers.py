@@ -5,7 +5,7 @@ Every ``import`` counts, including those inside functions (a deferred import is 
 dependency; it only changes when the cost is paid). The order is the one of
 ``docs/architecture.md``::
 
-    data, sparsity_pattern → process → families → sinks → modifiers (and the package root,
+    data, sparsity_pattern, errors → process → families → sinks → modifiers (and the package root,
     which registers them) → scoring, generation, export, diagnostics, runtime →
     lm_eval, commands, cli, console
 
@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sink_modifier"
 
 LAYERS: list[set[str]] = [
-    {"data", "sparsity_pattern"},
+    {"data", "sparsity_pattern", "errors"},
     {"process"},
     {"families"},
     {"sinks"},

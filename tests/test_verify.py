@@ -249,4 +249,4 @@ def test_quantized_checkpoint_records_rounding_zeros_so_any_change_is_caught(qua
 def test_report_defaults():
     report = VerifyReport(path="x")
     assert report.to_dict() == {"path": "x", "ok": False, "quantized": False, "checks": [], "problems": [],
-                                "notes": []}
+                                "notes": [], "coverage": None}

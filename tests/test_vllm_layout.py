@@ -62,24 +62,47 @@ def test_dense_and_pruned_diffusion_gemma_map_onto_vllm_names(gemma):
         assert report.architecture == "DiffusionGemmaForBlockDiffusion" and report.tensors > 50
 
 
-def test_quantized_diffusion_gemma_names_what_vllm_would_refuse(gemma):
+def test_quantized_diffusion_gemma_from_prune_maps_onto_vllm_expert_by_expert(gemma):
     report = check_vllm_layout(gemma["w8a8"])
-    assert not report.ok
-    found = codes(report)
-    # decoder int8 + encoder float copies of one tied weight; the encoder's ignore names map
-    # onto the decoder's quantized layers; Linear targets reach the float 3-D experts
-    assert set(found) == {"tied_copies", "ignore", "experts"}, found
-    text = "\n".join(f.message for f in report.refusals)
-    assert "model.encoder.language_model.layers.0.mlp.down_proj.weight F32" in text
-    assert "I8" in text and "model.layers.0.experts" in text
+    assert report.ok, [f.message for f in report.refusals]
     assert any(f.code == "scheme" and "CompressedTensorsW8A8Int8" in f.message for f in report.notes)
 
 
-def test_verify_reports_the_vllm_refusals_and_passes_a_llama_w8a8(gemma, llama_w8a8):
-    report = verify_checkpoint(gemma["w8a8"])
-    assert not report.ok
-    assert all(p.startswith("vLLM 0.32.0 would refuse:") for p in report.problems)
-    assert any("reloaded with from_pretrained" in c for c in report.checks)  # transformers still loads it
+def _as_upstream_writes_it(folder):
+    """Edit a good W8A8 DiffusionGemma into what upstream's repack path writes: float encoder copies of the
+    decoder's weights, the encoder named in ignore, and fused float experts where int8 per-expert ones were."""
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["ignore"].append("model.encoder.language_model.layers.0.mlp.down_proj")
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def edit(tensors):
+        tensors["model.encoder.language_model.layers.0.mlp.down_proj.weight"] = torch.randn(32, 64)
+        for name in [k for k in tensors if k.startswith("model.decoder.layers.1.experts.")]:
+            del tensors[name]
+        tensors["model.decoder.layers.1.experts.gate_up_proj"] = torch.randn(4, 32, 32)
+        tensors["model.decoder.layers.1.experts.down_proj"] = torch.randn(4, 32, 16)
+
+    rewrite(folder, edit)
+    return folder
+
+
+def test_float_encoder_copies_their_ignores_and_fused_float_experts_are_refused(gemma, tmp_path):
+    folder = _as_upstream_writes_it(shutil.copytree(gemma["w8a8"], tmp_path / "upstream"))
+    report = check_vllm_layout(folder)
+    found = codes(report)
+    assert set(found) == {"tied_copies", "ignore", "experts"}, found
+    text = "\n".join(f.message for f in report.refusals)
+    assert "model.encoder.language_model.layers.0.mlp.down_proj.weight F32" in text
+    assert "I8" in text and "model.layers.1.experts" in text and "fused F32" in text
+
+
+def test_verify_reports_the_vllm_refusals_and_passes_a_llama_w8a8(gemma, llama_w8a8, tmp_path):
+    good = verify_checkpoint(gemma["w8a8"])
+    assert good.ok, good.problems
+    bad = verify_checkpoint(_as_upstream_writes_it(shutil.copytree(gemma["w8a8"], tmp_path / "bad")))
+    assert not bad.ok
+    assert any(p.startswith("vLLM 0.32.0 would refuse:") for p in bad.problems)
+    assert any("reloaded with from_pretrained" in c for c in bad.checks)  # transformers still loads it
     ok = verify_checkpoint(llama_w8a8)
     assert ok.ok, ok.problems
     assert any("vLLM 0.32.0 layout" in c and "CompressedTensorsW8A8Int8" in c for c in ok.checks)

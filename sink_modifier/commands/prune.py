@@ -43,7 +43,9 @@ DEFAULT_MAX_CHARS = 8_000_000
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("prune", help="prune a model with a YAML recipe on DLM calibration data")
+    parser = subparsers.add_parser(
+        "prune", aliases=["compress"],
+        help="prune and/or quantize a model with a YAML recipe on DLM calibration data (alias: compress)")
     parser.add_argument("--model", required=True, help="model folder (from_pretrained path)")
     parser.add_argument("--recipe", required=True, help="llm-compressor YAML recipe")
     parser.add_argument("--data", required=True,
@@ -97,6 +99,31 @@ def _attach_family(modifiers: list, family: ModelFamily, calibration) -> None:
     for modifier in modifiers:
         if hasattr(modifier, "attach"):
             modifier.attach(family=family, calibration=calibration)
+
+
+def _pruned_modules(model, modifiers: list) -> list[str]:
+    """The modules a pruning modifier of the recipe targeted (its targets minus its ignore), sorted."""
+    from compressed_tensors.utils import match_named_modules
+
+    from sink_modifier.commands.recipe_check import modifier_role
+
+    names: set[str] = set()
+    for modifier in modifiers:
+        if modifier_role(modifier) != "pruning":
+            continue
+        targets = getattr(modifier, "resolved_targets", None) or getattr(modifier, "targets", None) or ["Linear"]
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        names.update(name for name, _ in match_named_modules(model, targets, getattr(modifier, "ignore", None) or []))
+    return sorted(names)
+
+
+def _recipe_ignores(modifiers: list) -> list[str]:
+    found: list[str] = []
+    for modifier in modifiers:
+        for pattern in getattr(modifier, "ignore", None) or []:
+            if pattern not in found:
+                found.append(pattern)
+    return found
 
 
 def _policy_needs_windows(modifiers: list) -> bool:
@@ -234,7 +261,9 @@ def _prune_claimed(loaded, recipe, calibration, output_dir, *, batch_size, pipel
     from loguru import logger
 
     from sink_modifier.commands.recipe_check import CheckedRecipe, check_recipe
+    from sink_modifier.errors import CheckFailedError
     from sink_modifier.export import sparsity_report, write_atomically
+    from sink_modifier.export.coverage import checkpoint_coverage
     from sink_modifier.families import load_pretrained
 
     checked_recipe = recipe if isinstance(recipe, CheckedRecipe) else check_recipe(recipe)
@@ -265,6 +294,7 @@ def _prune_claimed(loaded, recipe, calibration, output_dir, *, batch_size, pipel
         trust_remote_code_model=trust_remote_code,
         **({"sequential_targets": chosen.sequential_targets(model)} if chosen.sequential_targets(model) else {}),
     )
+    pruned_modules = _pruned_modules(model, modifiers)  # before after_oneshot: the names the modifiers matched
     chosen.after_oneshot(model)
     seconds = time.perf_counter() - start
 
@@ -288,10 +318,16 @@ def _prune_claimed(loaded, recipe, calibration, output_dir, *, batch_size, pipel
         chosen.prepare_for_save(model)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        chosen.after_save(folder)
         # Record the zeros of the weights as saved: quantization can round small kept
         # weights to zero, so the in-memory float weights would under-count them.
         reloaded = load_pretrained(folder, family=chosen, trust_remote_code=trust_remote_code)
         metadata["sparsity"] = sparsity_report(reloaded.model)
+        coverage = checkpoint_coverage(folder, reloaded.model, dense_reasons=chosen.dense_reasons(reloaded.model),
+                                       recipe_ignore=_recipe_ignores(modifiers), pruned_modules=pruned_modules)
+        metadata["coverage"] = {**coverage.to_dict(), "pruned_modules": pruned_modules}
+        if coverage.problems:  # a "quantized" checkpoint that is not: never published
+            raise CheckFailedError(coverage.problems[0])
 
     logger.info(f"Saving {output_dir}")
     output = write_atomically(output_dir, write, metadata=metadata, overwrite=overwrite)

@@ -151,7 +151,7 @@ def _build(path: Path, entry: _Entry):
         ) from None
 
 
-def _role(modifier: Any) -> str | None:
+def modifier_role(modifier: Any) -> str | None:
     """``"quantization"``, ``"pruning"`` or ``None`` (e.g. SmoothQuant), from the class hierarchy."""
     modules = [cls.__module__ for cls in type(modifier).__mro__]
     if any(m.startswith("llmcompressor.modifiers.quantization") for m in modules):
@@ -166,7 +166,7 @@ def _stable_reorder(items: list[str], first: set[str]) -> list[str]:
 
 
 def _check_order(path: Path, entries: list[_Entry], modifiers: list[Any]) -> None:
-    roles = [_role(m) for m in modifiers]
+    roles = [modifier_role(m) for m in modifiers]
     if "quantization" not in roles or "pruning" not in roles:
         return
     first_quant = roles.index("quantization")

@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"PROBLEM  {problem}")
         for note in report.notes:
             print(f"note     {note}")
+        if report.coverage:
+            for row in report.coverage["rows"]:
+                why = f" ({row['reason']})" if row["reason"] else ""
+                print(f"coverage {row['status']}{why}: {row['parameters']:,} parameters ({row['share']:.1%}), "
+                      f"{row['modules']} modules, e.g. {', '.join(row['examples'][:2])}")
     if report.ok:
         if not args.json:
             print(f"{args.dir}: verified ({len(report.checks)} checks passed)")

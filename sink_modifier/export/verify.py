@@ -53,10 +53,12 @@ class VerifyReport:
     checks: list[str] = field(default_factory=list)
     quantized: bool = False
     notes: list[str] = field(default_factory=list)
+    coverage: dict | None = None  # export.coverage: parameters per status and reason
 
     def to_dict(self) -> dict:
         return {
             "path": self.path,
+            "coverage": self.coverage,
             "ok": self.ok,
             "quantized": self.quantized,
             "checks": list(self.checks),
@@ -296,6 +298,26 @@ def _check_vllm_layout(folder: Path, report: VerifyReport) -> None:
                              + (f" (schemes {', '.join(schemes)})" if schemes else ""))
 
 
+def _check_coverage(folder: Path, model, family: ModelFamily, meta: dict | None, report: VerifyReport) -> None:
+    """Every parameter pruned, quantized or dense with a reason; a claimed but missing quantization is a problem."""
+    from sink_modifier.export.coverage import checkpoint_coverage
+
+    recorded = (meta or {}).get("coverage") if isinstance((meta or {}).get("coverage"), dict) else {}
+    modifiers = (meta or {}).get("modifiers") if isinstance((meta or {}).get("modifiers"), list) else []
+    ignores = [p for m in modifiers if isinstance(m, dict) for p in (m.get("ignore") or [])]
+    coverage = checkpoint_coverage(folder, model, dense_reasons=family.dense_reasons(model), recipe_ignore=ignores,
+                                   pruned_modules=recorded.get("pruned_modules") or [])
+    report.coverage = coverage.to_dict()
+    report.problems.extend(coverage.problems)
+    if recorded.get("by_status") and recorded["by_status"] != report.coverage["by_status"]:
+        report.problems.append(f"coverage differs from the record in {METADATA_FILE}: recorded "
+                               f"{recorded['by_status']}, found {report.coverage['by_status']}")
+    if not coverage.problems:
+        shares = ", ".join(f"{status} {count / max(coverage.parameters, 1):.1%}"
+                           for status, count in report.coverage["by_status"].items())
+        report.checks.append(f"coverage: {coverage.parameters:,} parameters accounted for ({shares})")
+
+
 def verify_checkpoint(
     path: str | Path, *, tolerance: float = 1e-6, trust_remote_code: bool = False,
     family: str | ModelFamily | None = None,
@@ -334,6 +356,7 @@ def verify_checkpoint(
             _check_sparsity(model, per_layer, tolerance, report)
             _check_n_m(model, per_layer, structures, report)
         _check_forward(model, chosen, report)
+        _check_coverage(folder, model, chosen, meta, report)
 
     report.ok = not report.problems
     return report

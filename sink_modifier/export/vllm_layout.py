@@ -56,6 +56,7 @@ DIFFUSION_GEMMA_MODULES = (
 )
 FUSED_SHARDS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _LAYER_LINEAR = re.compile(r"^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$")
+_PER_EXPERT = re.compile(r"^.+\.experts\.\d+\.(gate_proj|up_proj|down_proj)\.[^.]+$")
 _QUANTIZED_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape")
 
 
@@ -282,32 +283,53 @@ def _check_diffusion_gemma(config: dict, quant: dict | None, tensors: dict, repo
     experts, hidden = text.get("num_experts"), text.get("hidden_size")
     inter = text.get("moe_intermediate_size") or text.get("expert_intermediate_size")
     expert_layers = sorted({m.split(".experts.")[0] for m in mapped if ".experts." in m})
-    if expert_layers:
-        experts_targeted = quant is not None and "Linear" in targets
-        for layer in expert_layers:
-            expected = {f"{layer}.experts.gate_up_proj": (experts, 2 * inter if inter else None, hidden),
-                        f"{layer}.experts.down_proj": (experts, hidden, inter)}
-            for name, shape in expected.items():
-                if name not in mapped:
-                    report.refusals.append(Finding("experts", f"{name} is missing (vLLM loads fused experts by this name)"))
-                    continue
-                got = tensors[mapped[name][0]][0]
-                if got != shape:
-                    report.refusals.append(Finding("experts", (
-                        f"{name} has shape {list(got)}, vLLM's fused loader expects {list(shape)} "
-                        "([E, 2I, H] / [E, H, I] from text_config)")))
-            extra = sorted(m for m in mapped if m.startswith(f"{layer}.experts.") and m not in expected)
-            unfused = [f"{layer}.experts.0.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
-            if experts_targeted and not all(_ignored(u, ignore) or _ignored(f"{layer}.experts", ignore) for u in unfused):
+    experts_targeted = quant is not None and "Linear" in targets
+    for layer in expert_layers:
+        names = sorted(m for m in mapped if m.startswith(f"{layer}.experts."))
+        fused = {f"{layer}.experts.gate_up_proj": (experts, 2 * inter if inter else None, hidden),
+                 f"{layer}.experts.down_proj": (experts, hidden, inter)}
+        per_expert = [m for m in names if _PER_EXPERT.match(m)]
+        ignored = _ignored(f"{layer}.experts", ignore) or all(
+            _ignored(f"{layer}.experts.0.{p}", ignore) for p in ("gate_proj", "up_proj", "down_proj"))
+        if per_expert:
+            # one Linear per expert: vLLM's fused-MoE loader maps them by expert id (routed_experts.load_weights)
+            if set(names) - set(per_expert):
                 report.refusals.append(Finding("experts", (
-                    f"{layer}.experts: 'Linear' targets also match vLLM's fused experts and the ignore list does "
-                    "not name them, so vLLM picks a MoE quantization method and expects quantized expert "
-                    f"tensors; the checkpoint's experts are {tensors[mapped[next(iter(expected))][0]][1]} "
-                    "(llm-compressor quantizes Linear modules, and these are 3-D parameters)")))
-            if extra:
+                    f"{layer}.experts mixes fused and per-expert tensors ({sorted(set(names) - set(per_expert))[:2]}): "
+                    "vLLM loads one layout")))
+            modules = {m.rsplit(".", 1)[0] for m in per_expert}
+            wanted = {f"{layer}.experts.{e}.{p}" for e in range(experts or 0) for p in ("gate_proj", "up_proj", "down_proj")}
+            if wanted - modules:
                 report.refusals.append(Finding("experts", (
-                    f"{layer}.experts: extra tensors {extra[:4]}: vLLM's fused loader maps them to "
-                    "w13_/w2_ parameters that a float MoE layer does not have")))
+                    f"{layer}.experts: {len(wanted - modules)} expert projections are missing "
+                    f"(e.g. {sorted(wanted - modules)[0]}); vLLM needs all {experts} experts")))
+            unquantized = sorted(m for m in modules if m not in quantized)
+            if experts_targeted and not ignored and unquantized:
+                report.refusals.append(Finding("experts", (
+                    f"{layer}.experts: 'Linear' targets cover the experts and ignore does not name them, so vLLM "
+                    f"expects them quantized, but {len(unquantized)} are stored float (e.g. {unquantized[0]})")))
+            continue
+        for name, shape in fused.items():
+            if name not in mapped:
+                report.refusals.append(Finding("experts", f"{name} is missing (vLLM loads fused experts by this name)"))
+                continue
+            got = tensors[mapped[name][0]][0]
+            if got != shape:
+                report.refusals.append(Finding("experts", (
+                    f"{name} has shape {list(got)}, vLLM's fused loader expects {list(shape)} "
+                    "([E, 2I, H] / [E, H, I] from text_config)")))
+        extra = [m for m in names if m not in fused]
+        if experts_targeted and not ignored:
+            dtype = tensors[mapped[next(iter(fused))][0]][1] if next(iter(fused)) in mapped else "float"
+            report.refusals.append(Finding("experts", (
+                f"{layer}.experts: 'Linear' targets also match vLLM's fused experts and the ignore list does "
+                "not name them, so vLLM picks a MoE quantization method and expects quantized expert "
+                f"tensors; the checkpoint's experts are fused {dtype} 3-D parameters (repacked after quantization, "
+                "which drops it: sink-modifier prune writes quantized experts one Linear per expert)")))
+        if extra:
+            report.refusals.append(Finding("experts", (
+                f"{layer}.experts: extra tensors {extra[:4]}: vLLM's fused loader maps them to "
+                "w13_/w2_ parameters that a float MoE layer does not have")))
 
 
 def check_vllm_layout(path: str | Path) -> VllmLayoutReport:

@@ -188,8 +188,15 @@ class ModelFamily:
         """
         return output_head_patterns(model)
 
+    def dense_reasons(self, model: nn.Module) -> list[tuple[str, str]]:
+        """``(module pattern, why it stays dense)`` for the coverage report (:mod:`sink_modifier.export.coverage`)."""
+        return [(pattern, "output head (every recipe leaves it dense)") for pattern in output_head_patterns(model)]
+
     def after_oneshot(self, model: nn.Module) -> None:
         """Bring a model back to its own layout after ``oneshot`` (e.g. repack linearised experts)."""
+
+    def after_save(self, folder: Path) -> None:
+        """Repair a just-saved checkpoint folder before it is read back (e.g. drop duplicated tied weights)."""
 
     def sequential_targets(self, model: nn.Module) -> list[str] | None:
         """Decoder-block class names for llm-compressor's sequential pipeline (None: its default)."""

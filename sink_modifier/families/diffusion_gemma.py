@@ -33,6 +33,7 @@ decoder_input_ids=canvas)`` returns logits over the canvas only. The rules here:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from .modules import attention_modules
 __all__ = ["DiffusionGemmaFamily", "retie_encoder_to_decoder"]
 
 ENCODER_TEXT = r"re:^model\.encoder\.language_model\..*"
+ENCODER_PREFIX = "model.encoder.language_model."
 TEXT_BLIND = [r"re:.*vision_tower.*", r"re:.*embed_vision.*"]
 KEPT_DENSE = [r"re:.*\.router\..*", r"re:.*self_conditioning.*"]
 
@@ -60,6 +62,17 @@ def _text_config(config: Any) -> Any:
 
 def _canvas(config: Any, seq_len: int) -> int:
     return canvas_size(seq_len, int(getattr(config, "canvas_length", seq_len // 2) or seq_len // 2))
+
+
+def _tied_encoder_patterns() -> list[re.Pattern]:
+    """Full-name regexes of the encoder tensors transformers ties to the decoder's (its ``_tied_weights_keys``)."""
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaModel
+
+    patterns = [re.compile(r"^model\." + key + r"$") for key in DiffusionGemmaModel._tied_weights_keys]
+    # and their per-expert / quantization companions (weight_scale, ...), written beside a tied weight
+    patterns.append(re.compile(r"^model\.encoder\.language_model\.layers\..*\.experts\.\d+\..*$"))
+    patterns.append(re.compile(r"^model\.encoder\.language_model\.layers\..*\.weight_(scale|zero_point|global_scale|packed|shape)$"))
+    return patterns
 
 
 def retie_encoder_to_decoder(model: nn.Module) -> int:
@@ -101,10 +114,30 @@ class DiffusionGemmaFamily(ModelFamily):
     def load_model(self, folder: Path, config: dict, *, dtype, trust_remote_code: bool, quantization_config=None) -> nn.Module:
         from transformers import AutoModelForImageTextToText
 
+        from .expert_layout import fill_fused_experts, per_expert_layers
+
         kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
-        return AutoModelForImageTextToText.from_pretrained(
-            folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
-        )
+        per_expert = per_expert_layers(Path(folder))
+        if not per_expert:
+            return AutoModelForImageTextToText.from_pretrained(
+                folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+            )
+        # A quantized checkpoint keeps one Linear per expert (expert_layout.py): transformers loads
+        # everything else and leaves the fused expert parameters unset, saying so at length; they are
+        # filled from the per-expert tensors right after, decompressed.
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(
+                folder, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+            )
+        finally:
+            hf_logging.set_verbosity(level)
+        fill_fused_experts(model, Path(folder), config.get("quantization_config"))
+        retie_encoder_to_decoder(model)
+        return model
 
     # -- tokens ------------------------------------------------------------------------
     def mask_token_id(self, tokenizer: Any, config: Any) -> int | None:
@@ -174,10 +207,40 @@ class DiffusionGemmaFamily(ModelFamily):
     def pruning_ignore(self, model: nn.Module) -> list[str]:
         return output_head_patterns(model) + [ENCODER_TEXT, *TEXT_BLIND, *KEPT_DENSE]
 
-    def after_oneshot(self, model: nn.Module) -> None:
-        from llmcompressor.modeling.moe.linearize import repack_moe
+    def dense_reasons(self, model: nn.Module) -> list[tuple[str, str]]:
+        return super().dense_reasons(model) + [
+            (ENCODER_TEXT, "encoder text layers (the decoder's weights, shared)"),
+            *((p, "vision tower (never sees text)") for p in TEXT_BLIND),
+            (KEPT_DENSE[0], "router (tiny; pruning it reroutes tokens)"),
+            (KEPT_DENSE[1], "self-conditioning (zero input at the calibration step: nothing to rank)"),
+        ]
 
+    def after_oneshot(self, model: nn.Module) -> None:
+        from llmcompressor.modeling.moe.linearize import get_linearized_moes, repack_moe
+
+        quantized = [name for name, moe in get_linearized_moes(model)
+                     if any(getattr(m, "quantization_scheme", None) is not None for m in moe.modules())]
+        if quantized:
+            # Repacking would drop the experts' quantization (expert_layout.py): keep one Linear per
+            # expert, the layout vLLM loads expert by expert; our loader reads it back fused.
+            logger.info(f"Keeping the {len(quantized)} quantized expert blocks one Linear per expert")
+            return
         repack_moe(model)
         tied = retie_encoder_to_decoder(model)
         if tied:
             logger.info(f"Re-tied {tied} encoder text-layer parameters to the decoder's (pruned) weights")
+
+    def after_save(self, folder: Path) -> None:
+        """Drop the encoder's copies of the decoder's weights from a saved checkpoint, and their ignores.
+
+        The encoder's text layers *are* the decoder's (``_tied_weights_keys``); the original checkpoint
+        stores them once. After quantization they are no longer the same tensors in memory (the decoder's
+        were compressed, the encoder's ignored), so transformers writes both, and vLLM, which maps
+        ``model.encoder.language_model.`` and ``model.decoder.`` onto one ``model.``, would load two
+        different copies (and read the encoder's ``ignore`` entries as the decoder's layers).
+        """
+        from .tied_copies import drop_tied_copies
+
+        dropped = drop_tied_copies(Path(folder), _tied_encoder_patterns(), ENCODER_PREFIX)
+        if dropped:
+            logger.info(f"Dropped {dropped} encoder tensors tied to the decoder's from the saved checkpoint")
