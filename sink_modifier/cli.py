@@ -4,7 +4,8 @@ Builds the parser from the command modules (:mod:`sink_modifier.commands`) and d
 each command's options, run and workflow live in its own module. stdout carries only the
 command's result (JSON with ``--json``); logs, warnings and progress bars go to stderr
 (:mod:`sink_modifier.console`), one line per phase unless ``-v``.
-Exit codes: 0 success, 1 ``verify`` found a problem, 2 usage or input error, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 a check failed (``verify`` found a problem, ``export-onnx``'s ONNX Runtime
+check exceeded ``--atol``), 2 usage or input error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ COMMANDS = {
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+EXIT_CHECK_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
@@ -54,6 +56,13 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
+def _is_check_failure(err: RuntimeError) -> bool:
+    # imported only on this error path: the ONNX export module loads torch and onnx
+    from sink_modifier.export.onnx_export import OnnxCheckError
+
+    return isinstance(err, OnnxCheckError)
+
+
 def main(argv: list[str] | None = None) -> int:
     command = "sink-modifier"
     try:
@@ -68,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (*USER_ERRORS, RuntimeError) as err:
         cause = _root_cause(err)
+        if isinstance(cause, RuntimeError) and _is_check_failure(cause):
+            print(f"{command}: check failed: {cause}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
         if not isinstance(cause, USER_ERRORS):
             raise
         print(f"{command}: error: {cause}", file=sys.stderr)
