@@ -28,7 +28,10 @@ import platform
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["CpuIsa", "CpuInfo", "cpu_info", "cpu_isa"]
+__all__ = ["X64_QUANT_PRECISION", "CpuInfo", "CpuIsa", "cpu_info", "cpu_isa", "exact_int8_session_config"]
+
+# ORT's session option that rewrites int8 weights to uint8 at load (U8U8 kernels: exact)
+X64_QUANT_PRECISION = "session.x64quantprecision"
 
 
 class CpuIsa(str, Enum):
@@ -151,3 +154,20 @@ def _torch_flags() -> dict[str, bool]:
     amx = bool(cpu._is_amx_tile_supported())
     return {"avx2": bool(cpu._is_avx2_supported()), "avx512bw": avx512, "avx512_vnni": bool(cpu._is_vnni_supported()),
             "avx_vnni": False, "amx_int8": amx, "os_avx": True, "os_avx512": avx512, "os_amx": amx}
+
+
+def exact_int8_session_config(metadata, isa: CpuIsa | None = None) -> dict[str, str]:
+    """ONNX Runtime session config entries a runner should set for an export on this CPU.
+
+    ``metadata``: the .onnx file's metadata (``session.get_modelmeta().custom_metadata_map``).
+    A u8s8 int8 graph (``sink_modifier.int8_operands``; int8 exports older than that key are all
+    u8s8) on a CPU whose U8S8 kernel saturates gets ``session.x64quantprecision=1``: ORT then
+    stores its weights as uint8 at load and runs the exact U8U8 kernels, the same integers as
+    a u8u8 export. Anything else needs nothing (``{}``): setting it there would only slow a
+    VNNI CPU down, since ORT applies it on every x86 CPU with AVX2.
+    """
+    if metadata.get("sink_modifier.precision") != "int8":
+        return {}
+    if metadata.get("sink_modifier.int8_operands", "u8s8") != "u8s8":
+        return {}
+    return {X64_QUANT_PRECISION: "1"} if (isa or cpu_isa()).u8s8_saturates else {}

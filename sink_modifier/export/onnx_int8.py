@@ -41,9 +41,29 @@ ignores it); ``quantize_dynamic``, which also quantizes the head, reaches 2.1x. 
 width, where the head is ~7%, a 2-layer stack of width 1024 already runs 3.3x faster in
 int8 than in fp32.
 
-On x86 CPUs without VNNI, MLAS' U8S8 kernel uses ``vpmaddubsw``, whose int16 pair sums can
-saturate for activations near the int8 extremes; ORT documents this for every U8S8 model
-(``quantize_dynamic``'s included). With VNNI (most server CPUs since 2019) and on ARM it is exact.
+Operands (:class:`Int8Operands`, ``--int8-operands``). MLAS picks its x86 kernel by the operand
+types (``MlasGemmQuantGetDispatch`` in ``qgemm.h``, kernels chosen from CPUID in ``platform.cpp``):
+
+* U8S8 (activation ``q + 128`` x int8 weight): without VNNI, ``MlasGemmU8S8KernelAvx2`` and
+  ``MlasGemmU8S8KernelAvx512Core`` multiply with ``vpmaddubsw``, which adds each pair of
+  products into a saturating int16 (255 x 127 x 2 = 64770 > 32767); with AVX-VNNI /
+  AVX512-VNNI (``vpdpbusds``) or AMX (``tdpbusd``) products are summed in int32: exact.
+* U8U8 (the weight stored as ``w + 128`` in uint8, zero point 128: the same integer product):
+  ``MlasGemmU8U8KernelAvx2`` / ``...Avx512Core`` widen both operands to int16 (``vpmovzxbw``)
+  and add pairs in int32 (``vpmaddwd``): exact on every CPU, but with no VNNI kernel.
+* S8S8 / S8U8: x86 kernels only with AVX-VNNI-INT8, else MLAS' portable C kernel (exact, slow).
+* ORT's own remedy, the session option ``session.x64quantprecision=1``, rewrites int8 weights
+  to uint8 at load (``Avx2WeightS8ToU8Transformer``), but on every x86 CPU with AVX2, VNNI or
+  not (``MlasPlatformU8S8Overflow`` compares dispatch tables): it must be set per CPU.
+
+Measured on tiny-dlm (this repo's W8A8 checkpoint; AVX2 by running ORT under ``qemu-x86_64
+-cpu Haswell``, whose CPUID has no AVX-512 / VNNI; speed natively on AVX512-VNNI only):
+u8s8 under emulated AVX2 misses the PyTorch W8A8 logits by 1.55 with ``--int8-head`` (0.55
+without), u8u8 and s8s8 by 0.23 (as u8s8 does natively: all three give the same integers
+there); 7-bit activations by 0.64-0.68 on either CPU. With VNNI, forward at 1 thread, batch 1
+is 1.65x ORT fp32 in u8s8 and 1.18x in u8u8 (2.10x / 1.24x with ``--int8-head``), s8s8 0.4x.
+So the default (``auto``) is chosen by the exporting CPU: u8s8 where it is exact, u8u8 where it
+saturates; ``u8u8`` gives a graph exact on every CPU and in any runtime.
 """
 
 from __future__ import annotations
