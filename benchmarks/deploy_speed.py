@@ -283,8 +283,8 @@ def stack_speed(args, work: Path, repeats: int) -> dict:
     import onnx
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sink_modifier.export.onnx_export import export_onnx
     from sink_modifier.export.onnx_cpu import cpu_isa
+    from sink_modifier.export.onnx_export import export_onnx
     from sink_modifier.export.onnx_int8 import AUTO_OPERANDS, choose_operands, quantize_graph_int8
     from sink_modifier.export.onnx_quantization import QuantizedLinear
 

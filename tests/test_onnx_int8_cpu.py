@@ -133,7 +133,7 @@ def test_the_runner_session_option_makes_a_u8s8_graph_exact_on_a_cpu_without_vnn
     assert exact_int8_session_config({"sink_modifier.precision": "int4"}, CpuIsa.AVX2) == {}
     session, x, w, _ = _session(Int8Operands.U8S8, Int8Kernel.INTEGER_TO_FLOAT,
                                 exact_int8_session_config(metadata, cpu_isa()))
-    q, exact, scale = _exact(x, w)
+    _, exact, scale = _exact(x, w)
     y = session.run(["y"], {"x": x})[0]
     s_w = _saturating_case()[2]
     np.testing.assert_allclose(y, exact.astype(np.float64) * s_w[None, :] * scale, rtol=1e-5)

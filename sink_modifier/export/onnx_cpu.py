@@ -122,7 +122,7 @@ def _cpuid_flags() -> dict[str, bool]:
             return list(out)
 
         top = leaf(0)[0]
-        eax1, _, ecx1, _ = leaf(1)
+        ecx1 = leaf(1)[2]
         _, ebx7, ecx7, edx7 = leaf(7) if top >= 7 else [0, 0, 0, 0]
         eax71 = leaf(7, 1)[0] if top >= 7 and leaf(7)[0] >= 1 else 0
         xcr0 = 0

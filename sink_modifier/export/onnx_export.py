@@ -320,12 +320,11 @@ def export_onnx(
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxscript (and onnxruntime to check it): "
                           "pip install 'sink-modifier[onnx]'") from err
+    from sink_modifier.export.onnx_cpu import cpu_isa
     from sink_modifier.export.onnx_int8 import Int8Kernel, choose_operands
 
     kernel = Int8Kernel(int8_kernel)  # a bad value fails here, before any work
-    from sink_modifier.export.onnx_cpu import cpu_isa
-
-    operands, operands_why = choose_operands(int8_operands, cpu_isa())
+    operands, operands_why = choose_operands(int8_operands, cpu_isa())  # auto: this CPU decides
     out = Path(out_path)
     single_file = out.suffix == ".onnx"
     check_output_dir(out, overwrite) if not single_file else check_output_file(out, overwrite)
@@ -408,13 +407,17 @@ def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: Quant
     layers = resolved.quantized_linears
     dequantized = {name: plain.get_submodule(name).weight.detach().float().numpy() for name in layers}
     if plan.precision is ExportPrecision.INT8:
-        from sink_modifier.export.onnx_int8 import ActivationGranularity, Int8Kernel, quantize_graph_int8
+        from sink_modifier.export.onnx_cpu import cpu_info
+        from sink_modifier.export.onnx_int8 import (
+            OPERANDS_NOTE,
+            ActivationGranularity,
+            Int8Kernel,
+            Int8Operands,
+            quantize_graph_int8,
+        )
 
         granularity = ActivationGranularity((plan.input_activations or {}).get("strategy", "token"))
-        from sink_modifier.export.onnx_cpu import cpu_info
-        from sink_modifier.export.onnx_int8 import OPERANDS_NOTE, Int8Operands
-
-        operands, why = operands
+        operands, why = operands  # (Int8Operands, why it was chosen)
         rewrite = quantize_graph_int8(proto, layers, dequantized, activations=granularity, kernel=kernel,
                                       operands=operands)
         count, others = len(rewrite.int8_layers), rewrite.float_matmuls
