@@ -28,6 +28,15 @@ output head, which the recipe leaves float, rounded to int8 per channel at expor
 through the same per-token rewrite): how much of the gap to the 1.8x goal the float head is,
 and what rounding it costs in NELBO.
 
+int8 GEMM operands (:class:`~sink_modifier.export.onnx_int8.Int8Operands`, ``--int8-operands``):
+``ort-int8`` and ``ort-int8-head`` are exported with the default ``auto`` (the form this CPU
+multiplies exactly and fastest: u8s8 with VNNI / AMX, u8u8 without; the JSON's ``cpu`` and
+``int8_operands`` say which); ``ort-int8-u8u8`` and ``ort-int8-head-u8u8`` are the same
+checkpoint with ``--int8-operands u8u8``, exact on every CPU; forward and logit error only:
+``ort-int8-s8s8`` and ``ort-int8-u8s8-7bit`` (7-bit activations). Every figure is recorded with
+the CPU's ISA (:func:`sink_modifier.export.onnx_cpu.cpu_info`: AVX2 / AVX-512 / VNNI / AMX):
+int8 speed and exactness depend on it.
+
 Forward latency and logit error only: ``ort-int8-matmul-integer`` and
 ``ort-int8-dynamic-quantize-matmul`` (the same W8A8 weights written with the other
 :class:`~sink_modifier.export.onnx_int8.Int8Kernel` forms: standard-ONNX MatMulInteger, and
@@ -137,8 +146,9 @@ def ensure_export(model_dir: Path, out: Path, **options) -> Path:
 
     if not (out / "model.onnx").is_file():
         result = export_onnx(model_dir, out, **options)
-        print(f"exported {out.name} ({result.metadata['precision']}) in {result.seconds:.1f} s, ORT vs PyTorch "
-              f"max |Δlogit| {max(result.max_abs_diff.values()):.2e}", flush=True)
+        checked = (f"ORT vs PyTorch max |Δlogit| {max(result.max_abs_diff.values()):.2e}" if result.max_abs_diff
+                   else "not checked")
+        print(f"exported {out.name} ({result.metadata['precision']}) in {result.seconds:.1f} s, {checked}", flush=True)
     return out
 
 
@@ -273,8 +283,9 @@ def stack_speed(args, work: Path, repeats: int) -> dict:
     import onnx
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from sink_modifier.export.onnx_cpu import cpu_isa
     from sink_modifier.export.onnx_export import export_onnx
-    from sink_modifier.export.onnx_int8 import quantize_graph_int8
+    from sink_modifier.export.onnx_int8 import AUTO_OPERANDS, choose_operands, quantize_graph_int8
     from sink_modifier.export.onnx_quantization import QuantizedLinear
 
     heads = args.stack_heads
@@ -300,7 +311,8 @@ def stack_speed(args, work: Path, repeats: int) -> dict:
         export_onnx(model, fp32_dir, check=False, overwrite=True)
     if not (int8_dir / "model.onnx").is_file():
         proto = onnx.load(str(fp32_dir / "model.onnx"))
-        rewrite = quantize_graph_int8(proto, layers, dequantized)
+        operands, _ = choose_operands(AUTO_OPERANDS, cpu_isa())  # as export-onnx does on this CPU
+        rewrite = quantize_graph_int8(proto, layers, dequantized, operands=operands)
         int8_dir.mkdir(parents=True, exist_ok=True)
         onnx.save_model(proto, str(int8_dir / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
         print(f"stack: {len(rewrite.int8_layers)} int8 layers", flush=True)
@@ -315,8 +327,17 @@ def stack_speed(args, work: Path, repeats: int) -> dict:
             print(f"stack {name:10s} threads {t}: {seconds * 1e3:9.1f} ms", flush=True)
     shape = {"layers": 2, "hidden": args.stack_hidden, "heads": heads, "head_dim": args.stack_hidden // heads,
              "mlp": args.stack_mlp, "vocab": 1024}
-    return {"shape": shape, "rows": rows,
+    return {"shape": shape, "rows": tag_isa(rows, cpu_isa().value),
             "file_bytes": {"ort-fp32": folder_bytes(fp32_dir), "ort-int8": folder_bytes(int8_dir)}}
+
+
+def tag_isa(rows: list[dict], isa: str) -> list[dict]:
+    """Each figure names the CPU ISA it was measured on."""
+    return [{**row, "isa": isa} for row in rows]
+
+
+def operands_of(folder: Path) -> str:
+    return json.loads((folder / "onnx_export.json").read_text())["quantization"]["int8_operands"]["form"]
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -335,28 +356,33 @@ def markdown(result: dict) -> str:
         f"{result['machine']}; load average {result['load_average']}). Median of {result['repeats']} calls after "
         "warm-up. A shared machine: read the ratios within this run, not the absolute times.",
         "",
+        f"**CPU ISA: {result['cpu']['isa']}** (CPUID via `sink_modifier.export.onnx_cpu`; MLAS' U8S8 int8 kernel "
+        f"{'saturates' if result['cpu']['u8s8_saturates'] else 'is exact'} here). Every figure below was measured "
+        "on this ISA; int8 speed and exactness differ by ISA.",
+        "",
         f"## Forward latency, T = {result['seq_len']}",
         "",
-        "| engine | threads | batch | ms | speed-up vs torch-fp32 | vs ort-fp32 |",
-        "|---|---|---|---|---|---|",
+        "| engine | ISA | threads | batch | ms | speed-up vs torch-fp32 | vs ort-fp32 |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = result["forward"]
     for r in rows:
         where = dict(threads=r["threads"], batch=r["batch"])
-        lines.append(f"| {r['engine']} | {r['threads']} | {r['batch']} | {r['ms']:.1f} | "
+        lines.append(f"| {r['engine']} | {r['isa']} | {r['threads']} | {r['batch']} | {r['ms']:.1f} | "
                      f"{_ratio(rows, r['engine'], 'torch-fp32', **where):.2f}x | "
                      f"{_ratio(rows, r['engine'], 'ort-fp32', **where):.2f}x |")
     gen = result["generation"]
     lines += ["", f"## Generation, batch 1, 1 thread, gen_length {result['gen_length']}, steps {result['steps']}", "",
-              "| engine | tokens/s | vs torch-fp32 | vs ort-fp32 | tokens equal to its PyTorch model |",
-              "|---|---|---|---|---|"]
+              "| engine | ISA | tokens/s | vs torch-fp32 | vs ort-fp32 | tokens equal to its PyTorch model |",
+              "|---|---|---|---|---|---|"]
     twins = {"ort-fp32": "torch-fp32", "ort-int8": "torch-w8a8", "ort-quantize-dynamic": "torch-fp32",
-             "ort-int8-dense": "torch-w8a8-dense", "ort-int8-head": "torch-w8a8"}
+             "ort-int8-dense": "torch-w8a8-dense", "ort-int8-head": "torch-w8a8", "ort-int8-u8u8": "torch-w8a8",
+             "ort-int8-head-u8u8": "torch-w8a8"}
     by_name = {r["engine"]: r for r in gen}
     for r in gen:
         twin = by_name.get(twins.get(r["engine"], ""))
         same = f"{sum(a == b for a, b in zip(r['tokens'], twin['tokens']))} / {len(r['tokens'])}" if twin else "-"
-        lines.append(f"| {r['engine']} | {r['tokens_per_second']:.1f} | "
+        lines.append(f"| {r['engine']} | {r['isa']} | {r['tokens_per_second']:.1f} | "
                      f"{_ratio(gen, r['engine'], 'torch-fp32', key='tokens_per_second'):.2f}x | "
                      f"{_ratio(gen, r['engine'], 'ort-fp32', key='tokens_per_second'):.2f}x | "
                      f"{same} |")
@@ -373,14 +399,14 @@ def markdown(result: dict) -> str:
                   f"fp32 (`ort-int8` {head['forward_int8_vs_ort_fp32']:.2f}x). That difference is the part of the gap "
                   "to the 1.8x goal that the float head accounts for; its NELBO cost is in the table below.", ""]
     lines += [
-              "## Logit error against the PyTorch reference (batch 2, half-masked)", "",
+              f"## Logit error against the PyTorch reference (batch 2, half-masked; ISA {result['cpu']['isa']})", "",
               "| engine | reference | max abs | mean abs | argmax agreement |", "|---|---|---|---|---|"]
     for name, e in result["logit_error"].items():
         lines.append(f"| {name} | {e['reference']} | {e['max_abs']:.3f} | {e['mean_abs']:.4f} | "
                      f"{e['argmax_agreement']:.4f} |")
     nb = result["heldout_nelbo"]
     lines += ["", f"## Held-out NELBO ({nb['num_windows']} windows of {nb['seq_len']} tokens, {nb['mc_samples']} "
-                  "mask samples each, the same windows and masks for every engine)", "",
+                  f"mask samples each, the same windows and masks for every engine; ISA {result['cpu']['isa']})", "",
               "| engine | NELBO (nats/token) | Δ vs its PyTorch model |", "|---|---|---|"]
     for name, e in nb["engines"].items():
         twin = nb["engines"].get(twins.get(name, ""))
@@ -406,6 +432,18 @@ def markdown(result: dict) -> str:
                       f"`ort-quantize-dynamic`'s (paired; each engine's ± is its stderr over windows, which "
                       f"mostly moves together across engines), at {d['generation_vs_ort_fp32']:.2f}x vs "
                       f"{q['generation_vs_ort_fp32']:.2f}x ORT fp32 generation speed."]
+    by_isa = result.get("int8_by_isa")
+    if by_isa:
+        lines += ["", "## int8 speed ratio per ISA (forward 1 thread batch 1; generation batch 1, 1 thread)", "",
+                  "| ISA | engine | int8 operands | forward vs ort-fp32 | generation vs ort-fp32 |",
+                  "|---|---|---|---|---|"]
+        for isa, engines in by_isa.items():
+            for name, e in engines.items():
+                gen = f"{e['generation_vs_ort_fp32']:.2f}x" if e["generation_vs_ort_fp32"] else "-"
+                lines.append(f"| {isa} | {name} | {e['int8_operands']} | {e['forward_vs_ort_fp32']:.2f}x | {gen} |")
+        lines += ["", "Other ISAs are not measured here (this run had one CPU). On AVX2 without VNNI, `auto` "
+                  "exports u8u8 (exact; its speed there is not measured here); the u8s8 graph a user ran there "
+                  "was reported at 1.3x ORT fp32, with saturated (wrong) int8 products."]
     lines += ["", "## Model files", "", "| engine | MB |", "|---|---|"]
     for name, size in result["file_bytes"].items():
         lines.append(f"| {name} | {size / 1e6:.1f} |")
@@ -414,7 +452,7 @@ def markdown(result: dict) -> str:
         s = stack["shape"]
         lines += ["", f"## LLaDA-8B-shaped stack: {s['layers']} layers, hidden {s['hidden']}, {s['heads']} heads x "
                       f"{s['head_dim']}, MLP {s['mlp']}, vocab {s['vocab']}, "
-                      f"T = {stack['rows'][0]['seq_len']}, batch 1",
+                      f"T = {stack['rows'][0]['seq_len']}, batch 1, ISA {stack['rows'][0]['isa']}",
                   "", "| engine | threads | ms | int8 speed-up |", "|---|---|---|---|"]
         for r in stack["rows"]:
             lines.append(f"| {r['engine']} | {r['threads']} | {r['ms']:.0f} | "
@@ -442,6 +480,11 @@ def main(argv=None) -> int:
     int8_dir = ensure_export(w8a8, work / "w8a8-int8")
     dense_int8_dir = ensure_export(dense_w8a8, work / "dense-w8a8-int8")
     head_dir = ensure_int8_head(w8a8, work, work / "w8a8-int8-head")
+    # the other int8 GEMM operand forms, same checkpoint (onnx_int8.Int8Operands)
+    u8u8_dir = ensure_export(w8a8, work / "w8a8-int8-u8u8", int8_operands="u8u8")
+    head_u8u8_dir = ensure_export(w8a8, work / "w8a8-int8-head-u8u8", int8_operands="u8u8", int8_head=True)
+    operand_variants = {f"ort-int8-{k}": ensure_export(w8a8, work / f"w8a8-int8-{k}", int8_operands=k, check=False)
+                        for k in ("s8s8", "u8s8-7bit")}
     ortq_dir = ensure_quantize_dynamic(fp32_dir, work / "dense-quantize-dynamic")
     # the other ways to write the int8 product (onnx_int8.Int8Kernel), same weights: forward only
     variants = {f"ort-int8-{k}": ensure_export(w8a8, work / f"w8a8-int8-{k}", int8_kernel=k)
@@ -458,7 +501,10 @@ def main(argv=None) -> int:
         "ort-quantize-dynamic": lambda t: ort_denoiser(ortq_dir, t),
         "ort-int8-dense": lambda t: ort_denoiser(dense_int8_dir, t),
     }
-    head_engine = {"ort-int8-head": lambda t: ort_denoiser(head_dir, t)}  # export-onnx --int8-head
+    head_engine = {"ort-int8-head": lambda t: ort_denoiser(head_dir, t),  # export-onnx --int8-head
+                   "ort-int8-u8u8": lambda t: ort_denoiser(u8u8_dir, t),  # --int8-operands u8u8
+                   "ort-int8-head-u8u8": lambda t: ort_denoiser(head_u8u8_dir, t)}
+    variants = {**variants, **operand_variants}
     extra = {name: (lambda t, folder=folder: ort_denoiser(folder, t)) for name, folder in variants.items()}
     extra["ort-int4-w4a16"] = lambda t: ort_denoiser(int4_dir, t)
     w4a16_model = load_pretrained(w4a16, dtype="float32").model
@@ -476,11 +522,14 @@ def main(argv=None) -> int:
                            "ort-quantize-dynamic": "torch-fp32", "ort-int8-matmul-integer": "torch-w8a8",
                            "ort-int8-dynamic-quantize-matmul": "torch-w8a8", "ort-int4-w4a16": "torch-w4a16",
                            "ort-int8-dense": "torch-w8a8-dense", "torch-w8a8-dense": "torch-fp32",
-                           "ort-int8-head": "torch-w8a8"},
+                           "ort-int8-head": "torch-w8a8", "ort-int8-u8u8": "torch-w8a8",
+                           "ort-int8-head-u8u8": "torch-w8a8", "ort-int8-s8s8": "torch-w8a8",
+                           "ort-int8-u8s8-7bit": "torch-w8a8"},
                           args.seq_len)
     nelbo_engines = {**engines, **head_engine, "torch-w8a8-dense": extra["torch-w8a8-dense"]}
     nelbos = heldout_nelbo({k: nelbo_engines[k] for k in ("torch-fp32", "ort-fp32", "torch-w8a8", "ort-int8",
-                                                         "ort-int8-head", "ort-quantize-dynamic",
+                                                         "ort-int8-head", "ort-int8-u8u8", "ort-int8-head-u8u8",
+                                                         "ort-quantize-dynamic",
                                                          "torch-w8a8-dense", "ort-int8-dense")},
                            dense, tokenizer, *((16, 128, 4) if args.quick else (64, 256, 8)))
     vs_ort = _ratio(generation, "ort-int8", "ort-fp32", key="tokens_per_second")
@@ -494,6 +543,24 @@ def main(argv=None) -> int:
         "forward_int8_vs_ort_fp32": _ratio(forward, "ort-int8", "ort-fp32", **one_thread_b1),
         "forward_setting": one_thread_b1,
     }
+    from sink_modifier.export.onnx_cpu import cpu_info
+
+    cpu = cpu_info().describe()
+    isa = cpu["isa"]
+    forward, generation = tag_isa(forward, isa), tag_isa(generation, isa)
+    errors = {name: {**e, "isa": isa} for name, e in errors.items()}
+    nelbos["isa"] = isa
+    int8_operands = {"ort-int8": operands_of(int8_dir), "ort-int8-head": operands_of(head_dir),
+                     "ort-int8-u8u8": "u8u8", "ort-int8-head-u8u8": "u8u8", "ort-int8-dense": operands_of(dense_int8_dir),
+                     **{name: operands_of(folder) for name, folder in operand_variants.items()}}
+    # the int8 speed ratio per ISA: this run measures one; the others are not measured here
+    int8_by_isa = {isa: {name: {
+        "int8_operands": int8_operands[name],
+        "forward_vs_ort_fp32": _ratio(forward, name, "ort-fp32", **one_thread_b1),
+        "generation_vs_ort_fp32": (_ratio(generation, name, "ort-fp32", key="tokens_per_second")
+                                   if any(r["engine"] == name for r in generation) else None),
+    } for name in ("ort-int8", "ort-int8-head", "ort-int8-u8u8", "ort-int8-head-u8u8", "ort-int8-s8s8",
+                   "ort-int8-u8s8-7bit")}}
     fp32_nelbo = nelbos["engines"]["ort-fp32"]["nelbo"]
     dense_vs_ortq = {"engines": {name: {
         **nelbos["engines"][name],
@@ -506,6 +573,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
                    f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}",
         "load_average": [round(x, 1) for x in os.getloadavg()],
+        "cpu": cpu, "int8_operands": int8_operands, "int8_by_isa": int8_by_isa,
         "quick": args.quick, "repeats": repeats, "seq_len": args.seq_len, "gen_length": args.gen_length,
         "steps": args.steps, "forward": forward, "generation": generation, "logit_error": errors,
         "heldout_nelbo": nelbos,
@@ -518,7 +586,8 @@ def main(argv=None) -> int:
                        "ort-int4-w4a16": folder_bytes(int4_dir),
                        "torch-w8a8-dense (compressed-tensors)": folder_bytes(dense_w8a8),
                        "ort-int8-dense": folder_bytes(dense_int8_dir),
-                       "ort-int8-head (--int8-head)": folder_bytes(head_dir)},
+                       "ort-int8-head (--int8-head)": folder_bytes(head_dir),
+                       "ort-int8-u8u8": folder_bytes(u8u8_dir), "ort-int8-head-u8u8": folder_bytes(head_u8u8_dir)},
     }
     if not args.quick:
         result["stack"] = stack_speed(args, work, repeats)

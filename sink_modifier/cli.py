@@ -4,7 +4,8 @@ Builds the parser from the command modules (:mod:`sink_modifier.commands`) and d
 each command's options, run and workflow live in its own module. stdout carries only the
 command's result (JSON with ``--json``); logs, warnings and progress bars go to stderr
 (:mod:`sink_modifier.console`), one line per phase unless ``-v``.
-Exit codes: 0 success, 1 ``verify`` found a problem, 2 usage or input error, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 a check failed (``verify`` found a problem, ``export-onnx``'s ONNX Runtime
+check exceeded ``--atol``), 2 usage or input error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations

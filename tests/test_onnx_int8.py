@@ -175,6 +175,11 @@ def _initializers(path):
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
+def _as_int8(weight: np.ndarray) -> np.ndarray:
+    """A graph's GEMM weight as the int8 values it multiplies by: u8u8 graphs hold w + 128 in uint8."""
+    return (weight.astype(np.int16) - 128).astype(np.int8) if weight.dtype == np.uint8 else weight
+
+
 @requires_shared(TINY_DLM)
 def test_graph_holds_the_checkpoints_int8_weights_and_scales_exactly(int8_export, stored):
     graph = onnx.load(str(int8_export / ONNX_FILE)).graph
@@ -182,7 +187,7 @@ def test_graph_holds_the_checkpoints_int8_weights_and_scales_exactly(int8_export
     int8_nodes = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
     layers = sorted(k.removesuffix(".weight_scale") for k in stored if k.endswith(".weight_scale"))
     assert len(layers) == len(int8_nodes) == 56  # 8 blocks x 7 Linears; lm_head is not quantized
-    in_graph = {initializers[n.input[1]].tobytes(): initializers[n.input[3]] for n in int8_nodes}
+    in_graph = {_as_int8(initializers[n.input[1]]).tobytes(): initializers[n.input[3]] for n in int8_nodes}
     for name in layers:
         values, scale = stored[f"{name}.weight"], stored[f"{name}.weight_scale"].float()
         assert values.dtype == torch.int8
@@ -191,7 +196,8 @@ def test_graph_holds_the_checkpoints_int8_weights_and_scales_exactly(int8_export
         assert np.array_equal(in_graph[key], scale.numpy().reshape(-1)), name
         # pruned zeros stay zero (50% per row) and every graph int8 weight is one stored
         assert ((values == 0).sum(dim=1) >= values.shape[1] // 2).all(), name
-    assert all(initializers[n.input[1]].dtype == np.int8 for n in int8_nodes)
+    form = json.loads((int8_export / ONNX_METADATA_FILE).read_text())["quantization"]["int8_operands"]["form"]
+    assert {initializers[n.input[1]].dtype for n in int8_nodes} == {np.dtype(np.uint8 if form == "u8u8" else np.int8)}
 
 
 @requires_shared(TINY_DLM)
@@ -395,7 +401,8 @@ def test_int8_head_rounds_the_head_into_the_int8_graph(w8a8_dir, tmp_path, fake_
     head = fake_quant_model.lm_head.weight.detach().float()
     scale = head.abs().amax(dim=1, keepdim=True) / 127.5
     expected = torch.clamp(torch.round(head / scale), -128, 127).to(torch.int8).numpy()
-    found = [v for k, v in _initializers(out / ONNX_FILE).items() if v.dtype == np.int8 and v.shape == expected.T.shape]
+    found = [_as_int8(v) for v in _initializers(out / ONNX_FILE).values()
+             if v.dtype in (np.int8, np.uint8) and v.shape == expected.T.shape]
     assert any(np.array_equal(v, expected.T) for v in found)
     ids = torch.randint(4, VOCAB, (1, 24), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -410,3 +417,45 @@ def test_int8_head_is_refused_for_a_float_checkpoint_before_loading(tmp_path, ca
     err = capsys.readouterr().err
     assert "--int8-head" in err and "W8A8" in err and "drop --int8-head" in err
     assert not out.exists()
+
+
+@requires_shared(TINY_DLM)
+def test_export_records_the_int8_operands_and_the_cpu_that_checked_it(int8_export):
+    from sink_modifier.export.onnx_cpu import cpu_isa
+
+    meta = json.loads((int8_export / ONNX_METADATA_FILE).read_text())
+    operands = meta["quantization"]["int8_operands"]
+    isa = cpu_isa()
+    # auto: the exporting CPU decides, u8u8 wherever MLAS' U8S8 kernel would saturate
+    assert operands["form"] == ("u8u8" if isa.u8s8_saturates else "u8s8")
+    assert operands["chosen"].startswith("auto") and operands["export_cpu"]["isa"] == isa.value
+    assert meta["check_cpu"]["isa"] == isa.value
+    session = OnnxDenoiser(int8_export).session
+    assert session.get_modelmeta().custom_metadata_map["sink_modifier.int8_operands"] == operands["form"]
+
+
+@requires_shared(TINY_DLM)
+@pytest.mark.parametrize("extra", [[], ["--int8-operands", "u8u8"]])
+def test_a_failed_ort_check_is_one_line_naming_atol_and_exits_1(w8a8_dir, tmp_path, capsys, extra):
+    out = tmp_path / "too-strict"
+    assert main(["export-onnx", "--model", str(w8a8_dir), "--output", str(out), "--atol", "0", *extra]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "check failed" in line]
+    assert len(lines) == 1 and "--atol 0" in lines[0] and "Traceback" not in captured.err
+    assert ("u8u8" if extra else "GEMMs") in lines[0] and "nothing was written" in lines[0]
+    assert captured.out == "" and not out.exists()
+
+
+@requires_shared(TINY_DLM)
+def test_u8u8_export_is_exact_everywhere_and_matches_the_u8s8_integers_here(w8a8_dir, int8_export, tmp_path):
+    """--int8-operands u8u8 holds the same integers (w + 128 with zero point 128): same logits as auto here."""
+    out = tmp_path / "u8u8"
+    assert main(["export-onnx", "--model", str(w8a8_dir), "--output", str(out), "--int8-operands", "u8u8"]) == 0
+    meta = json.loads((out / ONNX_METADATA_FILE).read_text())
+    assert meta["quantization"]["int8_operands"]["form"] == "u8u8"
+    ids = torch.randint(4, VOCAB, (2, 40), generator=torch.Generator().manual_seed(5))
+    portable, default = OnnxDenoiser(out, intra_op_threads=1)(ids), OnnxDenoiser(int8_export, intra_op_threads=1)(ids)
+    from sink_modifier.export.onnx_cpu import cpu_isa
+
+    if not cpu_isa().u8s8_saturates:  # both exact here: the same int32 products, the same float rescale
+        torch.testing.assert_close(portable, default, rtol=0, atol=0)

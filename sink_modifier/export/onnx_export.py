@@ -41,6 +41,7 @@ from sink_modifier.export.atomic import (
     write_file_atomically,
     write_json_atomically,
 )
+from sink_modifier.errors import CheckFailedError
 from sink_modifier.export.output_guard import OutputKind, claim_output
 from sink_modifier.export.onnx_quantization import (
     DEQUANTIZE_HINT,
@@ -57,6 +58,7 @@ __all__ = [
     "ONNX_FILE",
     "ONNX_METADATA_FILE",
     "ExportModel",
+    "OnnxCheckError",
     "OnnxExportResult",
     "export_onnx",
     "is_onnx_export",
@@ -76,6 +78,18 @@ _OUR_METADATA_KEY = "sink_modifier.logits"  # every graph export_onnx writes car
 # logits of magnitude ~13), as PyTorch's own fake-quant forward does in float32 vs float64
 # (0.30). 1.0 is four times that; a wrong scale or transposed weight lands far above.
 DEFAULT_ATOL = {ExportPrecision.FLOAT: 1e-3, ExportPrecision.INT8: 1.0, ExportPrecision.INT4: 1e-3}
+
+
+class OnnxCheckError(CheckFailedError, RuntimeError):
+    """ONNX Runtime's logits differ from the PyTorch reference by more than ``atol``: the export
+    was written to nowhere. The message is one line naming the difference, ``--atol`` and the
+    likely cause (the CLI prints it and exits 1, the convention for a failed check)."""
+
+    def __init__(self, worst: float, atol: float, diffs: dict[str, float], cause: str):
+        self.worst, self.atol, self.diffs, self.cause = worst, atol, dict(diffs), cause
+        at = ", ".join(f"{shape} {diff:.3g}" for shape, diff in diffs.items())
+        super().__init__(f"ONNX Runtime logits differ from the PyTorch reference by {worst:.3g}, over --atol {atol} "
+                         f"(max |Δlogit| at batch x length {at}); {cause}; nothing was written")
 
 
 @dataclass(frozen=True)
@@ -216,8 +230,12 @@ def _param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _check_ort(onnx_path: Path, wrapper: _LogitsOnly, config, lengths: tuple[int, ...], atol: float):
-    """Compare ORT with PyTorch at each length (batch 2); return max diffs and bidirectionality."""
+def _check_ort(onnx_path: Path, wrapper: _LogitsOnly, config, lengths: tuple[int, ...], atol: float,
+               operands: str | None = None):
+    """Compare ORT with PyTorch at each length (batch 2); return max diffs and bidirectionality.
+
+    ``operands``: the int8 graph's GEMM operand types (``None`` for a float / int4 graph), so that
+    a failure can name its likely cause."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -239,9 +257,23 @@ def _check_ort(onnx_path: Path, wrapper: _LogitsOnly, config, lengths: tuple[int
             bidirectional = bool((other[:, 0] - got[:, 0]).abs().max() > 0)
     worst = max(diffs.values())
     if not worst <= atol:
-        raise RuntimeError(f"ONNX Runtime logits differ from PyTorch by {worst:.3g} (> atol {atol}) at {diffs}; "
-                           "the exported graph does not reproduce the model (export in float32, or raise atol)")
+        raise OnnxCheckError(worst, atol, diffs, _likely_cause(operands))
     return diffs, bidirectional
+
+
+def _likely_cause(operands: str | None) -> str:
+    from sink_modifier.export.onnx_cpu import cpu_isa
+    from sink_modifier.export.onnx_int8 import Int8Operands
+
+    isa = cpu_isa()
+    if operands == Int8Operands.U8S8.value and isa.u8s8_saturates:
+        return (f"cause: this CPU ({isa.value}, no VNNI) runs u8s8 int8 GEMMs with saturating int16 pair sums; "
+                "export with --int8-operands auto (the default: u8u8 on such a CPU) or u8u8 (exact on every CPU)")
+    if operands is not None:
+        return (f"the int8 graph ({operands} GEMMs, CPU {isa.value}) does not reproduce the compressed-tensors "
+                "model: the checkpoint's weights, scales and config.json may not belong together; raise --atol "
+                "only if this difference is expected")
+    return "the exported graph does not reproduce the model (export in float32, or raise --atol if this is expected)"
 
 
 def export_onnx(
@@ -260,6 +292,7 @@ def export_onnx(
     tokenizer=None,
     dequantize: bool = False,
     int8_kernel: str = "matmul-integer-to-float",
+    int8_operands: str = "auto",
     int8_head: bool = False,
 ) -> OnnxExportResult:
     """Export ``input_ids [B, L] -> logits [B, L, V]`` with dynamic ``B`` and ``L``; verify with ORT.
@@ -278,16 +311,22 @@ def export_onnx(
     redundant-op removal) after the export; turning it off saves export time and gives a
     larger, equally exact graph. ``int8_kernel``: an :class:`~sink_modifier.export.onnx_int8.Int8Kernel`
     value (for benchmarks; the default is the fastest that keeps the recipe's arithmetic).
-    ``int8_head`` (``--int8-head``) rounds the float output head of a W8A8 checkpoint to int8 too.
+    ``int8_operands`` (``--int8-operands``): the integer types of the int8 GEMMs, an
+    :class:`~sink_modifier.export.onnx_int8.Int8Operands` value or ``"auto"`` (u8s8 where this
+    CPU's U8S8 kernel is exact, u8u8 where it saturates; ``onnx_export.json`` records the choice,
+    why, and the CPU). ``int8_head`` (``--int8-head``) rounds the float output head of a W8A8
+    checkpoint to int8 too.
     """
     try:
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
     except ImportError as err:
         raise ImportError("ONNX export needs onnx and onnxscript (and onnxruntime to check it): "
                           "pip install 'sink-modifier[onnx]'") from err
-    from sink_modifier.export.onnx_int8 import Int8Kernel
+    from sink_modifier.export.onnx_cpu import cpu_isa
+    from sink_modifier.export.onnx_int8 import Int8Kernel, choose_operands
 
     kernel = Int8Kernel(int8_kernel)  # a bad value fails here, before any work
+    operands, operands_why = choose_operands(int8_operands, cpu_isa())  # auto: this CPU decides
     out = Path(out_path)
     single_file = out.suffix == ".onnx"
     source_path = model_or_dir if isinstance(model_or_dir, (str, Path)) else getattr(model_or_dir, "folder", None)
@@ -337,10 +376,13 @@ def export_onnx(
                     program.model.metadata_props[key] = value
                 program.save(str(onnx_path), external_data=external)
             else:
-                result["quantization"] = _save_quantized(program, onnx_path, resolved, plan, kernel, facts, external)
+                result["quantization"] = _save_quantized(program, onnx_path, resolved, plan, kernel,
+                                                       (operands, operands_why), facts, external)
             wrapped_reference = _LogitsOnly(reference).eval()
             if check:
-                result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapped_reference, config, lengths, atol)
+                int8 = operands.value if plan.precision is ExportPrecision.INT8 else None
+                result["diffs"], result["bidirectional"] = _check_ort(onnx_path, wrapped_reference, config, lengths, atol,
+                                                                      int8)
             else:
                 result["diffs"], result["bidirectional"] = {}, None
             result["atol"] = atol if check else None
@@ -360,7 +402,7 @@ def export_onnx(
                                 metadata=result["metadata"])
 
 
-def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: QuantizedExportPlan, kernel,
+def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: QuantizedExportPlan, kernel, operands,
                     facts: dict[str, str], external: bool) -> dict:
     """Rewrite the float program into the int8 / int4 graph, save it; return what was quantized."""
     import onnx
@@ -370,14 +412,29 @@ def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: Quant
     layers = resolved.quantized_linears
     dequantized = {name: plain.get_submodule(name).weight.detach().float().numpy() for name in layers}
     if plan.precision is ExportPrecision.INT8:
-        from sink_modifier.export.onnx_int8 import ActivationGranularity, Int8Kernel, quantize_graph_int8
+        from sink_modifier.export.onnx_cpu import cpu_info
+        from sink_modifier.export.onnx_int8 import (
+            OPERANDS_NOTE,
+            ActivationGranularity,
+            Int8Kernel,
+            Int8Operands,
+            quantize_graph_int8,
+        )
 
         granularity = ActivationGranularity((plan.input_activations or {}).get("strategy", "token"))
-        rewrite = quantize_graph_int8(proto, layers, dequantized, activations=granularity, kernel=kernel)
+        operands, why = operands  # (Int8Operands, why it was chosen)
+        rewrite = quantize_graph_int8(proto, layers, dequantized, activations=granularity, kernel=kernel,
+                                      operands=operands)
         count, others = len(rewrite.int8_layers), rewrite.float_matmuls
         activation = (f"dynamic symmetric int8 per {granularity.value} (compressed-tensors arithmetic)"
                       if kernel is not Int8Kernel.DYNAMIC_PER_TENSOR else "dynamic asymmetric uint8 per tensor (ORT)")
-        details = {"kernel": kernel.value, "weights_from": "the checkpoint's stored int8 values and scales"}
+        if operands is Int8Operands.U8S8_7BIT:
+            activation = f"dynamic symmetric 7-bit per {granularity.value} (not the recipe's int8)"
+        details = {"kernel": kernel.value, "weights_from": "the checkpoint's stored int8 values and scales"
+                   + (" (stored as uint8 w + 128, zero point 128)" if operands is Int8Operands.U8U8 else ""),
+                   "int8_operands": {"form": operands.value, "chosen": why, "what": OPERANDS_NOTE[operands],
+                                     "export_cpu": cpu_info().describe()}}
+        facts = {**facts, "sink_modifier.int8_operands": operands.value}
         if resolved.int8_head:
             from sink_modifier.export.onnx_int8_head import HEAD_NOTE
 
@@ -469,6 +526,8 @@ def _metadata(model: nn.Module, source: Path | None, plan: QuantizedExportPlan, 
         "opset": result.get("opset"),
         "check_max_abs_diff": result.get("diffs"),
         "check_atol": result.get("atol"),
+        # the CPU whose ONNX Runtime gave check_max_abs_diff (int8 kernels differ by ISA)
+        "check_cpu": _check_cpu() if result.get("atol") is not None else None,
         "check_reference": ("compressed-tensors fake-quantized PyTorch forward"
                             if plan.precision is not ExportPrecision.FLOAT else "PyTorch forward"),
         "bidirectional": result.get("bidirectional"),
@@ -478,6 +537,12 @@ def _metadata(model: nn.Module, source: Path | None, plan: QuantizedExportPlan, 
         "optimized": result.get("optimize"),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
     }
+
+
+def _check_cpu() -> dict:
+    from sink_modifier.export.onnx_cpu import cpu_info
+
+    return cpu_info().describe()
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

@@ -41,8 +41,17 @@ class OnnxDenoiser:
             options.intra_op_num_threads = intra_op_threads
         self.path = onnx_file
         self.intra_op_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(onnx_file), options,
-                                            providers=providers or _default_providers(ort))
+        chosen = providers or _default_providers(ort)
+        self.session = ort.InferenceSession(str(onnx_file), options, providers=chosen)
+        # A u8s8 int8 graph on an x86 CPU without VNNI saturates in MLAS' U8S8 kernel; ORT's exact
+        # path is a session option that must be set before the session exists (export.onnx_cpu).
+        from sink_modifier.export.onnx_cpu import exact_int8_session_config
+
+        self.session_config = exact_int8_session_config(self.session.get_modelmeta().custom_metadata_map)
+        if self.session_config:
+            for key, value in self.session_config.items():
+                options.add_session_config_entry(key, value)
+            self.session = ort.InferenceSession(str(onnx_file), options, providers=chosen)
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != ["input_ids"]:
             raise ValueError(f"{onnx_file} takes inputs {inputs}; expected exactly ['input_ids'] "
@@ -71,7 +80,8 @@ class OnnxDenoiser:
         import onnxruntime as ort
 
         return {"engine": "onnxruntime", "version": ort.__version__, "providers": self.session.get_providers(),
-                "threads": self.intra_op_threads, "file": str(self.path)}
+                "threads": self.intra_op_threads, "file": str(self.path),
+                **({"session_config": dict(self.session_config)} if self.session_config else {})}
 
     def __repr__(self) -> str:
         return f"OnnxDenoiser({str(self.path)!r}, providers={self.session.get_providers()})"
