@@ -12,7 +12,8 @@ CPU can measure; kernels and speed are another question (``deploy_speed.py``, vL
 Schemes (tiny-dlm's widths, 320 and 864, divide 32 but not 128, so group 32 stands in for the
 W4A16 preset's 128; NVFP4's group is 16):
 
-* ``w4a16``: GPTQ, int4 symmetric weights, group 32 (vLLM GPU's W4A16 path);
+* ``w4a16``: GPTQ, int4 symmetric weights, group 32 (vLLM GPU's W4A16 path); the row-weighting
+  arms (sink on, ELBO 1/t) run on this scheme;
 * ``w4a16_awq``: AWQ scales, then round-to-nearest of the same int4 scheme (AWQ vs GPTQ);
 * ``w4a16_rtn``: round-to-nearest, no data (the data-free reference);
 * ``w8a8``: GPTQ int8 per-channel weights, dynamic int8 per-token activations (the CPU int8 path);
@@ -22,7 +23,7 @@ W4A16 preset's 128; NVFP4's group is 16):
   global scale from the calibration rows.
 
 Arms per scheme: llm-compressor's own modifier on clean rows (the reference), on noised rows (the
-LLaDA grid and the low-t grid) and on mixed rows; for the GPTQ schemes also our
+LLaDA grid and the low-t grid) and on mixed rows; for W4A16 GPTQ also our
 :class:`~sink_modifier.modifiers.sink_gptq.SinkAwareGPTQModifier` with sink weighting on and with
 ELBO 1/t row weights (both on the noised rows they are compared with). ``--bases`` adds the shipped
 pruning recipes: each prunes once per seed as ``sink-modifier prune`` would (its own ``calibration:``
@@ -144,6 +145,7 @@ GPTQ_ARMS = (
         reference="noised"),
 )
 DATA_FREE = Arm("none", "no calibration data", "none")
+ROW_WEIGHTED_SCHEMES = ("w4a16",)
 PRUNED_ARMS = ROW_ARMS[:2]  # after a pruning recipe: clean vs noised rows for the quantization stage
 PRUNED_SCHEMES = ("w4a16",)  # GPTQ that keeps the zeros (RTN schemes keep them by construction, need no rows)
 
@@ -153,7 +155,8 @@ def arms_of(scheme: Scheme, base: str) -> list[Arm]:
         return [DATA_FREE]
     if base != "dense":
         return list(PRUNED_ARMS)
-    return list(ROW_ARMS) + (list(GPTQ_ARMS) if scheme.algorithm == "gptq" else [])
+    # the row-weighting arms on W4A16 GPTQ, the scheme where GPTQ's Hessian matters most
+    return list(ROW_ARMS) + (list(GPTQ_ARMS) if scheme.key in ROW_WEIGHTED_SCHEMES else [])
 
 
 def find_arm(key: str) -> Arm:
