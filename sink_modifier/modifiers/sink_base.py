@@ -63,25 +63,15 @@ model), and the rows' (window, timestep) are read off the calibration DataLoader
 from __future__ import annotations
 
 import torch
-from compressed_tensors.utils import align_module_device
 from loguru import logger
 from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from llmcompressor.core import State
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
 
-from sink_modifier.modifiers.data_parallel import check_same_modules, gather_contributions, is_data_parallel
 from sink_modifier.modifiers.finite_fields import check_finite
-from sink_modifier.modifiers.owl import (
-    activation_norms,
-    batch_square_sums,
-    layer_scores,
-    outlier_ratio,
-    owl_layer_sparsities,
-)
+from sink_modifier.modifiers.owl_layers import OwlLayerSparsity
 from sink_modifier.modifiers.sink_row_weighting import SinkRowWeighting
-from sink_modifier.modifiers.weighted_inputs import SCORING_DTYPE, weighted_rows
-from sink_modifier.sinks.onload import onload_one_module_at_a_time
 from sink_modifier.sparsity_pattern import parse_mask_structure
 
 __all__ = ["SinkAwareSparsityBase"]
@@ -118,9 +108,7 @@ class SinkAwareSparsityBase(SinkRowWeighting, SparsityModifierBase):
     preserve_sparsity_mask: bool = False
 
     _achieved_sparsity: dict[str, float] = PrivateAttr(default_factory=dict)
-    _owl_layers: dict[str, torch.nn.Module] = PrivateAttr(default_factory=dict)
-    _owl_sums: dict[torch.nn.Module, list[torch.Tensor]] = PrivateAttr(default_factory=dict)
-    _owl_sparsity: dict[str, float] | None = PrivateAttr(default=None)
+    _owl: OwlLayerSparsity | None = PrivateAttr(default=None)
 
     # -- validation (fails at recipe load, naming the field) ------------------------
     @field_validator("*", mode="after")
@@ -198,7 +186,8 @@ class SinkAwareSparsityBase(SinkRowWeighting, SparsityModifierBase):
     def on_calibration_start(self, state: State, event, **kwargs):
         super().on_calibration_start(state, event, **kwargs)  # Linear hooks
         self._warn_if_head_pruned()
-        self._owl_sums, self._owl_sparsity = dict(), None
+        if self._owl is not None:
+            self._owl.reset()
         self._register_batch_hooks()
 
     def _warn_if_head_pruned(self) -> None:
@@ -243,101 +232,36 @@ class SinkAwareSparsityBase(SinkRowWeighting, SparsityModifierBase):
         self._achieved_sparsity[name] = float((weight == 0).float().mean())
         return name
 
-    # -- OWL layer sparsities (sparsity_profile: owl) ------------------------------------
+    # -- OWL layer sparsities (sparsity_profile: owl; the work is modifiers/owl_layers.py) --------
     def _after_batch_weights(self, input_ids, valid, weights) -> None:
-        if self.sparsity_profile == "owl":
-            self._owl_batch(input_ids, valid, weights)
-
-    def _infer_owl_layer_sparsity(self, model, layers, dataloader):
-        """Upstream runs a calibration pass here, inside ``on_initialize`` (which 0.14 refuses); this
-        modifier only notes the layers and computes their sparsities during calibration."""
-        self._owl_layers = dict(layers)
-        return self.sparsity
-
-    @property
-    def owl_layer_sparsity(self) -> dict[str, float]:
-        """OWL's target sparsity of each layer (empty without ``sparsity_profile: owl``, or before pruning)."""
-        return dict(self._owl_sparsity or {})
-
-    def _owl_batch(self, input_ids: torch.Tensor, valid: torch.Tensor | None, weights: torch.Tensor | None) -> None:
-        """One dense forward of this batch collecting each pruned module's ``Σ (w x)²`` per input column."""
-        sums: dict[torch.nn.Module, torch.Tensor] = {}
-
-        def collect(module, args):
-            inputs, aligned = self._aligned(module, args[0].detach(), weights)
-            contribution = batch_square_sums(weighted_rows(inputs, aligned))
-            sums[module] = contribution if module not in sums else sums[module] + contribution
-
+        if self.sparsity_profile != "owl":
+            return
         extra = self._family().sink_pass(self._model, input_ids, self._pending_call)
         call = dict(extra.get("forward_kwargs") or {})
         call.update(extra.get("forward_inputs") or {"input_ids": input_ids})
         if valid is not None:
             call["attention_mask"] = valid
-        handles = [module.register_forward_pre_hook(collect) for module in self._module_names]
-        try:
-            with torch.no_grad(), onload_one_module_at_a_time():
-                self._model(**call)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for module in self._module_names:
-            found = sums.get(module)
-            if found is None:  # not run on this batch (an expert no token was routed to)
-                found = torch.zeros(module.weight.shape[-1], dtype=SCORING_DTYPE)
-            self._owl_sums.setdefault(module, []).append(found.cpu())
+        self._owl.add_batch(self._model, list(self._module_names), call,
+                            lambda module, inputs: self._aligned(module, inputs, weights))
+
+    def _infer_owl_layer_sparsity(self, model, layers, dataloader):
+        """Upstream runs a calibration pass here, inside ``on_initialize`` (which 0.14 refuses); this
+        modifier only notes the layers and computes their sparsities during calibration."""
+        self._owl = OwlLayerSparsity(layers)
+        return self.sparsity
+
+    @property
+    def owl_layer_sparsity(self) -> dict[str, float]:
+        """OWL's target sparsity of each layer (empty without ``sparsity_profile: owl``, or before pruning)."""
+        return dict(self._owl.layer_sparsity or {}) if self._owl is not None else {}
 
     def _resolve_owl(self) -> None:
         """Set every pruned module's sparsity to its layer's OWL sparsity (once, before the first prune)."""
-        if self.sparsity_profile != "owl" or self._owl_sparsity is not None:
+        if self.sparsity_profile != "owl" or self._owl.layer_sparsity is not None:
             return
-        modules = sorted(self._module_names, key=lambda m: self._module_names[m])
-        if not modules:
-            self._owl_sparsity = {}
-            return
-        if any(not self._owl_sums.get(m) for m in modules):
-            raise RuntimeError("sparsity_profile 'owl': no calibration batch reached the input embedding")
-        per_batch = {m: torch.stack(self._owl_sums.pop(m)) for m in modules}  # [batches, d_in]
-        if is_data_parallel():  # every rank's batches, in rank order: the sums of one process
-            check_same_modules([self._module_names[m] for m in modules], type(self).__name__)
-            widths = [per_batch[m].shape[1] for m in modules]
-            stacked, _ = gather_contributions(
-                torch.cat([per_batch[m] for m in modules], dim=1),
-                torch.zeros(per_batch[modules[0]].shape[0], dtype=torch.long),
-            )
-            per_batch = dict(zip(modules, torch.split(stacked, widths, dim=1)))
-        norms = {m: activation_norms(list(per_batch[m])) for m in modules}
-        groups: dict[str, list[torch.nn.Module]] = {}  # layer -> its pruned modules, in the layer's order
-        placed: set[int] = set()
-        pruned = {id(m) for m in modules}
-        for name, layer in self._owl_layers.items():
-            members = [m for m in layer.modules() if id(m) in pruned and id(m) not in placed]
-            placed.update(id(m) for m in members)
-            if members:
-                groups[name] = members
-        ratios = {}
-        with onload_one_module_at_a_time():  # not the whole model onloaded at once (sequential pipeline)
-            for name, members in groups.items():
-                weights = []
-                for module in members:
-                    with align_module_device(module):
-                        weights.append(module.weight.detach().cpu().clone())
-                ratios[name] = outlier_ratio(layer_scores(weights, [norms[m] for m in members]), self.owl_m)
-        targets = owl_layer_sparsities(ratios, self.sparsity, self.owl_lmbda)
-        outside = [n for n, s in targets.items() if not 0.0 <= s <= 1.0]
-        if outside:
-            raise ValueError(
-                f"sparsity_profile 'owl' gives layer {outside[0]} sparsity {targets[outside[0]]:.4f}, outside "
-                f"[0, 1] (target {self.sparsity}, owl_lmbda {self.owl_lmbda}): lower owl_lmbda (layer "
-                "sparsities lie within sparsity ± 2 * owl_lmbda)"
-            )
-        for name, members in groups.items():
-            for module in members:
-                self._module_sparsities[module] = targets[name]
-        self._owl_sparsity = targets
-        logger.info(
-            f"{type(self).__name__}: OWL layer sparsities (mean {sum(targets.values()) / max(len(targets), 1):.4f}, "
-            f"target {self.sparsity}): " + ", ".join(f"{k} {v:.4f}" for k, v in targets.items())
-        )
+        per_module = self._owl.resolve(self._module_names, self.sparsity, self.owl_m, self.owl_lmbda,
+                                       type(self).__name__)
+        self._module_sparsities.update(per_module)
 
     def on_sequential_epoch_end(self, state: State, event, **kwargs):
         self._resolve_owl()  # every batch has passed the embedding: the sums are complete
