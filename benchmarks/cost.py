@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 # the sibling modules, also when this file is loaded by path rather than run from benchmarks/
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_measure import loadavg, measure, prepare_parent  # noqa: E402
 from cost_model import PRESETS, analytic_report, resolve_shape  # noqa: E402
 from cost_report import analytic_table, findings, write_outputs  # noqa: E402

@@ -31,7 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 
 # the sibling modules, also when this file is loaded by path rather than run from benchmarks/
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_model import TINY_DLM, ModelShape, mass_buffer_bytes, model_params, procedure_cost  # noqa: E402
 from process_memory import reset_peak_rss, rss_mib  # noqa: E402
 
@@ -259,8 +258,6 @@ def prepare_parent() -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     started = time.perf_counter()
     import llmcompressor  # noqa: F401
     import torch

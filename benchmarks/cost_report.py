@@ -11,11 +11,9 @@ findings are recomputed from the numbers on every render, so re-rendering a stor
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-# the sibling modules, also when this file is loaded by path rather than run from benchmarks/
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the sibling modules (benchmarks/ is on sys.path when a script there runs)
 from cost_measure import HEAD_DIM, LAYERS, VOCAB, log  # noqa: E402
 from cost_model import DEFAULT_CHUNK_BYTES, PROCEDURES  # noqa: E402
 

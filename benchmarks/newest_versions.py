@@ -27,7 +27,6 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 import torch  # noqa: E402

@@ -59,7 +59,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # llm-compressor's per-layer progres
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from process_memory import peak_rss_mib, reset_peak_rss, rss_mib, ru_maxrss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

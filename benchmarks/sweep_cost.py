@@ -225,7 +225,6 @@ def main(argv=None) -> int:
 
 
 def _write(report: dict) -> int:
-    sys.path.insert(0, str(REPO))
     from sink_modifier.export.atomic import write_file_atomically, write_json_atomically
 
     write_json_atomically(RESULTS / "sweep_cost.json", report, pretty=True)

@@ -36,7 +36,6 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 from runtime_checkpoints import (  # noqa: E402  (benchmarks/ is the script's folder)

@@ -21,7 +21,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 from runtime_checkpoints import SHARED, build_checkpoints, prompt_windows  # noqa: E402

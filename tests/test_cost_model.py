@@ -26,6 +26,7 @@ def _load(name: str):
 
 
 cost = _load("cost_model")
+_load("process_memory"), _load("cost_measure")  # cost_report imports its siblings by name (as run from benchmarks/)
 report = _load("cost_report")
 
 # d=8, 2 layers, 2 query heads / 1 kv head of 4, MLP 16, vocab 10
