@@ -190,8 +190,9 @@ def decoder_linears(model) -> list[torch.nn.Linear]:
 
 
 def achieved_sparsity(model) -> float:
-    linears = decoder_linears(model)
-    return sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
+    from sink_modifier.export.sparsity import sparsity_report
+
+    return sparsity_report(model)["overall"]  # every Linear but the output head: tiny-dlm's decoder layers
 
 
 def make_modifier(arm: Arm, spec):
@@ -205,16 +206,13 @@ def make_modifier(arm: Arm, spec):
 def prune(arm: Arm, spec, cal, tokenizer, batch_size: int):
     from llmcompressor import oneshot
 
-    from sink_modifier.modifiers.wanda_scoring import prune_mask
+    from sink_modifier.modifiers.wanda_scoring import magnitude_prune
 
     model = load_model()
     start = time.perf_counter()
     if arm.base == "magnitude":
         n, m = (int(p) for p in spec.mask_structure.split(":"))
-        with torch.no_grad():
-            for module in decoder_linears(model):
-                module.weight.masked_fill_(prune_mask(module.weight, torch.ones(module.weight.shape[1]),
-                                                      spec.sparsity, n, m), 0)
+        magnitude_prune(decoder_linears(model), spec.sparsity, n, m)
     else:
         policy = arm.settings.get("sink_policy", "all") != "all"
         loader = cal.dataloader(batch_size=len(cal.timesteps) if policy else batch_size)

@@ -212,21 +212,16 @@ def decoder_linears(model) -> dict[str, torch.nn.Linear]:
 
 
 def achieved_sparsity(model) -> float:
-    linears = decoder_linears(model).values()
-    zeros = sum(int((m.weight == 0).sum()) for m in linears)
-    return zeros / sum(m.weight.numel() for m in linears)
+    from sink_modifier.export.sparsity import sparsity_report
+
+    return sparsity_report(model)["overall"]  # every Linear but the output head: tiny-dlm's decoder layers
 
 
 def magnitude_prune(model, spec: Sparsity) -> None:
     """Per-row |W| pruning: Wanda's mask with a unit activation scale."""
-    from sink_modifier.modifiers.wanda_scoring import prune_mask
+    from sink_modifier.modifiers.wanda_scoring import magnitude_prune as prune_by_magnitude
 
-    n, m = spec.nm
-    with torch.no_grad():
-        for module in decoder_linears(model).values():
-            weight = module.weight
-            mask = prune_mask(weight, torch.ones(weight.shape[1]), spec.sparsity, n, m)
-            weight.masked_fill_(mask, 0)
+    prune_by_magnitude(decoder_linears(model).values(), spec.sparsity, *spec.nm)
 
 
 def make_modifier(method: Method, spec: Sparsity):
@@ -291,10 +286,11 @@ def evaluate(model, windows: torch.Tensor, mask_token_id: int, args) -> dict:
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the per-window difference ``a - b``."""
-    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
-    se = float(d.std(unbiased=True) / math.sqrt(d.numel())) if d.numel() > 1 else float("nan")
-    return float(d.mean()), se
+    """Mean and standard error of the per-window difference ``a - b`` (nan for one window)."""
+    from sink_modifier.scoring.paired import paired_difference
+
+    mean, se = paired_difference(a, b)
+    return mean, float("nan") if se is None else se
 
 
 def mean_windows(per_seed: list[list[float]]) -> list[float]:

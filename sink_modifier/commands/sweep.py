@@ -257,8 +257,9 @@ def _stderr(values: list[float]) -> float | None:
 
 def paired_difference(pruned: dict, dense: dict) -> tuple[float, float | None]:
     """Mean per-window difference (pruned − dense, length-weighted as the metric) and its standard error."""
-    diffs = [w * (p - d) for w, p, d in zip(dense["weights"], pruned["per_window"], dense["per_window"])]
-    return sum(diffs) / len(diffs), _stderr(diffs)
+    from sink_modifier.scoring.paired import paired_difference as paired
+
+    return paired(pruned["per_window"], dense["per_window"], dense["weights"])
 
 
 # -- the sweep ------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ __all__ = [
     "column_scale",
     "count_over_target",
     "fold_contribution",
+    "magnitude_prune",
     "prune_mask",
 ]
 
@@ -153,3 +154,12 @@ def count_over_target(weight: torch.Tensor, sparsity: float, prune_n: int = 0, p
     if prune_n:
         return int((zeros.reshape(weight.shape[0], -1, prune_m).sum(dim=-1) > prune_n).sum())
     return int((zeros.sum(dim=1) > int(weight.shape[1] * sparsity)).sum())
+
+
+def magnitude_prune(linears, sparsity: float, prune_n: int = 0, prune_m: int = 0) -> None:
+    """Prune each ``nn.Linear`` of ``linears`` by ``|W|`` per output row (or N:M), in place: Wanda's mask
+    with a unit activation scale, the data-free baseline the studies compare with."""
+    with torch.no_grad():
+        for module in linears:
+            weight = module.weight
+            weight.masked_fill_(prune_mask(weight, torch.ones(weight.shape[1]), sparsity, prune_n, prune_m), 0)
