@@ -284,9 +284,13 @@ def summarize(store: dict) -> dict:
     """``{base: {scheme: {arm: entry}}}``, each entry with NELBO per domain and its paired Δs."""
     seeds = store.get("seeds", [0, 1, 2])
     table: dict = {}
-    for key in store["runs"]:
-        base, scheme, arm_key, _ = key.split("|")
-        table.setdefault(base, {}).setdefault(scheme, {}).setdefault(arm_key, None)
+    order = [a.key for a in (*ROW_ARMS, *GPTQ_ARMS, DATA_FREE)]
+    found = [key.split("|")[:3] for key in store["runs"]]
+    bases = sorted({b for b, _, _ in found}, key=lambda b: (b != "dense", b))
+    for base in bases:
+        for scheme in (s for s in SCHEMES if any(b == base and sc == s for b, sc, _ in found)):
+            for arm_key in (a for a in order if [base, scheme, a] in found):
+                table.setdefault(base, {}).setdefault(scheme, {})[arm_key] = None
     for base, schemes in table.items():
         for scheme, arms in schemes.items():
             for arm_key in list(arms):
