@@ -16,7 +16,7 @@ from sink_modifier.diagnostics.figures import STEP_AXIS, draw_heatmap, draw_rati
 from sink_modifier.commands.analyze import ANALYSIS_FILE, format_comparison
 from sink_modifier.commands.analyze import add_parser as add_analyze_parser
 from sink_modifier.commands.analyze import run as run_analyze
-from sink_modifier.diagnostics.trajectory import _masked_position_stability
+from sink_modifier.diagnostics.window_stats import _masked_position_stability
 from sink_modifier.data import load_documents, token_windows
 from sink_modifier.process import MaskTokenProcess, noise_windows
 from sink_modifier.families import FAMILIES, load_pretrained, load_tokenizer
