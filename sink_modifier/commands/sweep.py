@@ -30,7 +30,6 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,71 +40,27 @@ from sink_modifier.commands.arguments import (
     positive_int,
 )
 from sink_modifier.commands.prune import DEFAULT_MAX_CHARS
+from sink_modifier.commands.sweep_points import (
+    SPARSITIES_HELP,
+    SweepPoint,
+    _recipe_names,
+    point_recipe,
+    sparsity_points,
+)
+from sink_modifier.commands.sweep_report import markdown_table, save_figure
 
 if TYPE_CHECKING:
     import torch
 
-    from sink_modifier.commands.recipe_check import CheckedRecipe
     from sink_modifier.families import LoadedModel
 
 __all__ = ["SweepPoint", "add_parser", "point_recipe", "run", "sparsity_points", "sweep"]
 
-SPARSITIES_HELP = "comma-separated sparsities in [0, 1] and N:M structures, e.g. 0.5,0.6,0.7,2:4"
 FILES = ("sweep.json", "sweep.md", "sweep.png")
 
 
-@dataclass(frozen=True)
-class SweepPoint:
-    """One point of ``--sparsities``: what the pruning modifiers are given."""
-
-    label: str  # as shown: "0.5", "2:4"
-    sparsity: float  # the fraction pruned (N/M for N:M)
-    mask_structure: str  # "0:0" or "N:M"
-
-    @property
-    def structured(self) -> bool:
-        return self.mask_structure != "0:0"
-
-    @property
-    def slug(self) -> str:
-        return self.label.replace(":", "of")
 
 
-def sparsity_points(text: str) -> tuple[SweepPoint, ...]:
-    """Parse ``--sparsities`` (an argparse type: a bad list is exit 2 naming the fix)."""
-    from sink_modifier.sparsity_pattern import parse_mask_structure
-
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(not item for item in items):
-        raise argparse.ArgumentTypeError(f"expected {SPARSITIES_HELP}; got {text!r}")
-    points: list[SweepPoint] = []
-    for item in items:
-        if ":" in item:
-            try:
-                n, m = parse_mask_structure(item)
-            except ValueError as err:
-                raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
-            if n == 0:
-                raise argparse.ArgumentTypeError(
-                    f"{item!r} is unstructured; give an unstructured point as its sparsity, e.g. 0.5 (in {text!r})"
-                )
-            point = SweepPoint(f"{n}:{m}", n / m, f"{n}:{m}")
-        else:
-            try:
-                value = float(item)
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"{item!r} is neither a sparsity nor an N:M structure; expected {SPARSITIES_HELP}"
-                ) from None
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise argparse.ArgumentTypeError(
-                    f"sparsity {item} is outside [0, 1]: it is the fraction of weights pruned, e.g. 0.5 prunes half"
-                )
-            point = SweepPoint(f"{value:g}", value, "0:0")
-        if any(p.label == point.label for p in points):
-            raise argparse.ArgumentTypeError(f"{item} is listed twice in {text!r}; list each point once")
-        points.append(point)
-    return tuple(points)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -164,48 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- recipes ------------------------------------------------------------------------------------------
-def _pruning_settings(modifier: Any) -> bool:
-    fields = getattr(type(modifier), "model_fields", {})
-    return "sparsity" in fields and "mask_structure" in fields
 
 
-def point_recipe(checked: CheckedRecipe, point: SweepPoint, folder: Path) -> CheckedRecipe:
-    """``checked`` with its pruning modifiers set to ``point``, written under ``folder`` and checked again."""
-    import yaml
-
-    from sink_modifier.commands.recipe_check import check_recipe
-
-    data = yaml.safe_load(checked.text)
-    modifiers = iter(checked.modifiers)  # check_recipe built them in file order, from these mappings
-    changed = 0
-    for stage_key, stage in data.items():
-        if not (str(stage_key).endswith("_stage") and isinstance(stage, dict)):
-            continue
-        for group in stage.values():
-            for mod_type, settings in group.items():
-                if _pruning_settings(next(modifiers)):
-                    group[mod_type] = {**(settings or {}), "sparsity": point.sparsity,
-                                       "mask_structure": point.mask_structure}
-                    changed += 1
-    if not changed:
-        types = ", ".join(type(m).__name__ for m in checked.modifiers)
-        raise ValueError(
-            f"recipe {checked.path} has no pruning modifier with sparsity and mask_structure settings ({types}), "
-            "so sweep has nothing to set; pass a pruning recipe such as recipes/sink_wanda_50.yaml"
-        )
-    path = folder / f"{checked.path.stem}-{point.slug}.yaml"
-    header = f"# {checked.path} at sparsity {point.label} (sink-modifier sweep)\n"
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    try:
-        return check_recipe(path)
-    except ValueError as err:
-        message = str(err).replace(str(path), f"{checked.path} (as {point.label})")
-        raise ValueError(f"recipe {checked.path} at --sparsities point {point.label}: {message}") from None
 
 
-def _recipe_names(recipes: list[CheckedRecipe]) -> list[str]:
-    stems = [r.path.stem for r in recipes]
-    return stems if len(set(stems)) == len(stems) else [f"{i + 1}-{s}" for i, s in enumerate(stems)]
 
 
 # -- scoring ------------------------------------------------------------------------------------------
@@ -451,104 +368,13 @@ def _cache_counts(modifiers: list) -> dict[str, dict[str, int]]:
 
 
 # -- the table and the figure ----------------------------------------------------------------------
-def _pm(value: float | None, se: float | None, digits: int = 4, signed: bool = False) -> str:
-    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    return text if se is None else f"{text} ± {se:.{digits}f}"
 
 
-def _cache_text(cache: dict) -> str:
-    parts = []
-    for kind, label in (("token_weights", "masks"), ("statistics", "stats")):
-        if kind in cache:
-            counts = cache[kind]
-            parts.append(f"{label} {counts['hits']}/{counts['hits'] + counts['misses']}")
-    return ", ".join(parts) or "—"
 
 
-def _calibrations(result: dict) -> dict[str, dict]:
-    """Each recipe's calibration (num_samples, timesteps), from its first point."""
-    found: dict[str, dict] = {}
-    for row in result["points"]:
-        found.setdefault(row["name"], row["calibration"])
-    return found
 
 
-def markdown_table(result: dict) -> str:
-    """The sweep as a Markdown table: one row per recipe × point, the dense model first."""
-    metric = {"nelbo": "NELBO", "ce": "CE"}[result["metric"]]
-    s = result["settings"]
-    head = [
-        f"# sink-modifier sweep: {result['model']} ({result['family']})",
-        "",
-        f"{metric} in nats/token on {s['num_windows']} held-out windows of {s['seq_len']} tokens of "
-        f"{result['eval_data']}" + (f", {s['mc_samples']} Monte-Carlo masks each" if result["metric"] == "nelbo" else "")
-        + f", seed {s['seed']}; identical windows and masks for every model. Δ is pruned − dense per window "
-        f"(paired standard error). Calibration on {result['data']}, {s['pipeline']} pipeline: "
-        + "; ".join(f"{name} {c['num_samples']} windows × {len(c['timesteps'])} timesteps"
-                    for name, c in _calibrations(result).items())
-        + ". Cache hits: calibration batches whose sink masks (and, basic pipeline, runs whose statistics) "
-        "were reused from an earlier point.",
-        "",
-        f"| recipe | sparsity | measured | {metric} ± se | Δ vs dense ± paired se | prune s | cache hits |",
-        "|---|---|---|---|---|---|---|",
-        f"| dense | 0 | 0.0000 | {_pm(result['dense']['value'], result['dense']['stderr'])} | — | — | — |",
-    ]
-    for row in result["points"]:
-        head.append(
-            f"| {row['name']} | {row['point']} | {row['measured_sparsity']:.4f} | {_pm(row['value'], row['stderr'])} | "
-            f"{_pm(row['delta'], row['delta_stderr'], signed=True)} | {row['prune_seconds']:.1f} | "
-            f"{_cache_text(row['cache'])} |"
-        )
-    return "\n".join(head)
 
 
-def draw_figure(result: dict):
-    """Quality against sparsity (a matplotlib Figure): left the metric itself with the dense model as a
-    dashed line, right the paired difference to the dense model ± its standard error. One curve per
-    recipe over its unstructured points; an N:M point is its own marker (a diamond) at N/M."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    metric = {"nelbo": "NELBO", "ce": "CE"}[result["metric"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.axhline(result["dense"]["value"], color="0.4", linestyle="--", linewidth=1, label="dense")
-    right.axhline(0.0, color="0.4", linestyle="--", linewidth=1)
-    names = list(dict.fromkeys(row["name"] for row in result["points"]))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, name in enumerate(names):
-        color = colors[i % len(colors)]
-        rows = [r for r in result["points"] if r["name"] == name]
-        curve = sorted((r for r in rows if r["mask_structure"] == "0:0"), key=lambda r: r["sparsity"])
-        marked = [r for r in rows if r["mask_structure"] != "0:0"]
-        for ax, value, error in ((left, "value", None), (right, "delta", "delta_stderr")):
-            def bars(points):
-                return None if error is None else [r[error] or 0.0 for r in points]
-
-            if curve:
-                ax.errorbar([r["sparsity"] for r in curve], [r[value] for r in curve], yerr=bars(curve),
-                            color=color, marker="o", capsize=3, label=name)
-            for r in marked:
-                ax.errorbar([r["sparsity"]], [r[value]], yerr=bars([r]), color=color, marker="D", markersize=8,
-                            linestyle="none", capsize=3, label=f"{name} {r['mask_structure']}")
-    left.set_ylabel(f"held-out {metric} (nats/token, lower is better)")
-    right.set_ylabel(f"{metric} − dense, per window (± paired se)")
-    for ax in (left, right):
-        ax.set_xlabel("sparsity (N:M at N/M)")
-        ax.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    fig.suptitle(f"{Path(result['model']).name}: quality vs sparsity", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
-def save_figure(result: dict, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig = draw_figure(result)
-    try:
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
