@@ -25,9 +25,6 @@ Output: a folder (``model.onnx`` with external weight data beside it when large,
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import inspect
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,17 +38,34 @@ from sink_modifier.export.atomic import (
     write_file_atomically,
     write_json_atomically,
 )
-from sink_modifier.errors import CheckFailedError
-from sink_modifier.export.output_guard import OutputKind, claim_output
+from sink_modifier.export.onnx_check import (
+    DEFAULT_ATOL,
+    OnnxCheckError,
+    _check_ort,
+    _example_ids,
+)
+from sink_modifier.export.onnx_metadata import (
+    ONNX_FILE,
+    ONNX_METADATA_FILE,
+    _copy_tokenizer,
+    _metadata,
+    _opset_of,
+    _runtime_facts,
+    is_onnx_export,
+)
+from sink_modifier.export.onnx_model import (
+    ExportModel,
+    _LogitsOnly,
+    _resolve_model,
+    load_for_export,
+)
 from sink_modifier.export.onnx_quantization import (
-    DEQUANTIZE_HINT,
     ExportPrecision,
     QuantizedExportPlan,
-    QuantizedLinear,
     plan_export,
-    read_quantized_linears,
 )
-from sink_modifier.families import DTYPES, LoadedModel, ModelFamily, load_pretrained, open_model_folder
+from sink_modifier.export.output_guard import OutputKind, claim_output
+from sink_modifier.families import LoadedModel
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -65,31 +79,9 @@ __all__ = [
     "load_for_export",
 ]
 
-ONNX_FILE = "model.onnx"
-ONNX_METADATA_FILE = "onnx_export.json"
 _PROTOBUF_LIMIT = 2 * 1024**3
-_OUR_METADATA_KEY = "sink_modifier.logits"  # every graph export_onnx writes carries it (_runtime_facts)
-# Largest ORT-vs-PyTorch |Δlogit| accepted by default. Float graphs reproduce PyTorch to float
-# rounding, and so do W4A16 int4 graphs (float activations; 1.3e-5 on tiny-dlm). An int8
-# graph computes the same activation integers as the compressed-tensors fake-quantized
-# forward, but a last-bit difference in a layer's input moves a value across a rounding
-# boundary now and then, and dynamic int8 amplifies that through the layers: on tiny-dlm
-# W8A8 ORT vs PyTorch differ by at most 0.25 over 48 random batches (lengths 8 to 256;
-# logits of magnitude ~13), as PyTorch's own fake-quant forward does in float32 vs float64
-# (0.30). 1.0 is four times that; a wrong scale or transposed weight lands far above.
-DEFAULT_ATOL = {ExportPrecision.FLOAT: 1e-3, ExportPrecision.INT8: 1.0, ExportPrecision.INT4: 1e-3}
 
 
-class OnnxCheckError(CheckFailedError, RuntimeError):
-    """ONNX Runtime's logits differ from the PyTorch reference by more than ``atol``: the export
-    was written to nowhere. The message is one line naming the difference, ``--atol`` and the
-    likely cause (the CLI prints it and exits 1, the convention for a failed check)."""
-
-    def __init__(self, worst: float, atol: float, diffs: dict[str, float], cause: str):
-        self.worst, self.atol, self.diffs, self.cause = worst, atol, dict(diffs), cause
-        at = ", ".join(f"{shape} {diff:.3g}" for shape, diff in diffs.items())
-        super().__init__(f"ONNX Runtime logits differ from the PyTorch reference by {worst:.3g}, over --atol {atol} "
-                         f"(max |Δlogit| at batch x length {at}); {cause}; nothing was written")
 
 
 @dataclass(frozen=True)
@@ -102,178 +94,26 @@ class OnnxExportResult:
     metadata: dict
 
 
-class _LogitsOnly(nn.Module):
-    """``input_ids -> logits`` with no cache, so the graph has one input and one output."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        params = inspect.signature(model.forward).parameters
-        self._kwargs = {"use_cache": False} if "use_cache" in params else {}
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, **self._kwargs).logits
 
 
-@dataclass
-class ExportModel(LoadedModel):
-    """A :class:`LoadedModel` ready to export: ``model`` is a plain float model (a quantized
-    checkpoint's weights decompressed); ``plan`` says which graph it becomes; for an integer
-    export, ``reference`` is the compressed-tensors model whose fake-quantized forward the ORT
-    check compares with, and ``quantized_linears`` holds the checkpoint's stored weights."""
-
-    plan: QuantizedExportPlan = dataclasses.field(
-        default_factory=lambda: QuantizedExportPlan(ExportPrecision.FLOAT, quantized_checkpoint=False))
-    reference: nn.Module | None = None
-    quantized_linears: dict[str, QuantizedLinear] = dataclasses.field(default_factory=dict, repr=False)
-    int8_head: bool = False  # the output head was rounded to int8 at export (--int8-head)
 
 
-def load_for_export(
-    path: str | Path, *, family: str | ModelFamily | None = None, dtype: str = "float32",
-    trust_remote_code: bool = False, dequantize: bool = False, int8_head: bool = False,
-) -> ExportModel:
-    """Load a model folder for :func:`export_onnx`.
-
-    A float checkpoint loads as it is. A quantized one is planned from ``config.json`` first
-    (:func:`plan_export`: a ``ValueError`` naming ``--dequantize`` for a scheme that cannot be
-    exported as stored, before any weight is read); an integer plan loads the compressed-tensors
-    model in float32 (the reference) and a plain model sharing its decompressed weights;
-    ``dequantize=True`` gives the plain model alone, in ``dtype``, with a warning that the
-    graph will be float. ``int8_head=True`` (an int8 plan only) rounds the float output head to
-    int8 as well (:mod:`sink_modifier.export.onnx_int8_head`).
-    """
-    from loguru import logger
-
-    source = open_model_folder(path, family)
-    plan = plan_export(source.config, dequantize=dequantize)
-    if int8_head and plan.precision is not ExportPrecision.INT8:
-        raise ValueError(f"--int8-head rounds the output head into an int8 graph; {source.folder} exports as "
-                         f"{plan.precision.value} (it needs a W8A8 int-quantized checkpoint, without --dequantize)")
-    if not source.quantized:
-        loaded = load_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, quantized=False)
-        return ExportModel(**_fields(loaded), plan=plan)
-    if plan.dequantized:
-        logger.warning(f"exporting {source.folder} dequantized: the graph holds float weights and runs float "
-                       "activations, not the checkpoint's quantization")
-        loaded = load_pretrained(source, trust_remote_code=trust_remote_code, quantized=True)
-        return ExportModel(**{**_fields(loaded), "model": _dequantized_plain(loaded.model, dtype)}, plan=plan)
-    if dtype not in ("float32", "auto"):
-        raise ValueError(f"an {plan.precision.value} export computes its float parts in float32, not {dtype}; "
-                         f"drop --dtype, or {DEQUANTIZE_HINT}")
-    linears = read_quantized_linears(source.folder, plan)
-    loaded = load_pretrained(source, dtype="float32", trust_remote_code=trust_remote_code, quantized=True)
-    plain = _dequantized_plain(loaded.model, "float32", share_weights=True)
-    if int8_head:
-        from sink_modifier.export.onnx_int8_head import round_head_to_int8
-
-        head = round_head_to_int8(plain)
-        linears = {**linears, head.name: head}
-    return ExportModel(**{**_fields(loaded), "model": plain}, plan=plan, reference=loaded.model,
-                       quantized_linears=linears, int8_head=int8_head)
 
 
-def _fields(loaded: LoadedModel) -> dict:
-    return {f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedModel)}
 
 
-def _dequantized_plain(quantized: nn.Module, dtype: str, *, share_weights: bool = False) -> nn.Module:
-    """A model of the same config without quantization modules, holding the dequantized weights
-    (``share_weights``: the very tensors of ``quantized``, no copy; both must be in ``dtype``)."""
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    torch_dtype = torch.float32 if DTYPES[dtype] == "auto" else DTYPES[dtype]
-    plain = type(quantized)._from_config(config, dtype=torch_dtype)
-    wanted = plain.state_dict()
-    state = {k: v for k, v in quantized.state_dict().items() if k in wanted}
-    missing = plain.load_state_dict(state, strict=False, assign=share_weights).missing_keys
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied:
-        raise RuntimeError(f"the dequantized checkpoint lacks weights {sorted(set(missing) - tied)[:5]} "
-                           "of the plain model; it cannot be exported as a float graph")
-    if share_weights and tied:
-        plain.tie_weights()  # assign=True replaced the embedding the head was tied to
-    return plain.to(torch_dtype).eval()
 
 
-def _resolve_model(model_or_dir, dtype: str, trust_remote_code: bool, dequantize: bool,
-                   int8_head: bool = False) -> ExportModel | nn.Module:
-    """An :class:`ExportModel`, or a bare module (exported as the float graph it is)."""
-    if int8_head and not isinstance(model_or_dir, (str, Path)) and not getattr(model_or_dir, "int8_head", False):
-        raise ValueError("int8_head needs the checkpoint folder (or load_for_export(folder, int8_head=True))")
-    if isinstance(model_or_dir, nn.Module):
-        return model_or_dir.eval()
-    if isinstance(model_or_dir, ExportModel):
-        return model_or_dir
-    if isinstance(model_or_dir, LoadedModel):
-        plan = plan_export(model_or_dir.config, dequantize=True)
-        if not plan.quantized_checkpoint:
-            return ExportModel(**_fields(model_or_dir), plan=plan)
-        if not dequantize:
-            raise ValueError("this LoadedModel holds a quantized checkpoint as load_pretrained decompresses it; pass "
-                             "its folder (or load_for_export(folder)) to keep its quantization, or dequantize=True "
-                             "for a float graph")
-        return ExportModel(**{**_fields(model_or_dir), "model": _dequantized_plain(model_or_dir.model, dtype)},
-                           plan=plan)
-    return load_for_export(model_or_dir, dtype=dtype, trust_remote_code=trust_remote_code, dequantize=dequantize,
-                           int8_head=int8_head)
 
 
-def _example_ids(config, batch: int, seq_len: int, seed: int) -> torch.Tensor:
-    vocab = int(getattr(config, "vocab_size", 32) or 32)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, seq_len), generator=g)
 
 
 def _param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _check_ort(onnx_path: Path, wrapper: _LogitsOnly, config, lengths: tuple[int, ...], atol: float,
-               operands: str | None = None):
-    """Compare ORT with PyTorch at each length (batch 2); return max diffs and bidirectionality.
-
-    ``operands``: the int8 graph's GEMM operand types (``None`` for a float / int4 graph), so that
-    a failure can name its likely cause."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    diffs: dict[str, float] = {}
-    bidirectional = None
-    for i, length in enumerate(lengths):
-        ids = _example_ids(config, 2, length, seed=100 + i)
-        with torch.no_grad():
-            expected = wrapper(ids).float()
-        got = torch.from_numpy(session.run(["logits"], {"input_ids": ids.numpy()})[0]).float()
-        if got.shape != expected.shape:
-            raise RuntimeError(f"ONNX logits have shape {tuple(got.shape)} for input {tuple(ids.shape)}, "
-                               f"PyTorch {tuple(expected.shape)}: the dynamic axes were not exported")
-        diffs[f"2x{length}"] = float((got - expected).abs().max())
-        if length > 1 and bidirectional is None:
-            changed = ids.clone()
-            changed[:, -1] = (changed[:, -1] + 1) % int(getattr(config, "vocab_size", 32) or 32)
-            other = torch.from_numpy(session.run(["logits"], {"input_ids": changed.numpy()})[0])
-            bidirectional = bool((other[:, 0] - got[:, 0]).abs().max() > 0)
-    worst = max(diffs.values())
-    if not worst <= atol:
-        raise OnnxCheckError(worst, atol, diffs, _likely_cause(operands))
-    return diffs, bidirectional
 
 
-def _likely_cause(operands: str | None) -> str:
-    from sink_modifier.export.onnx_cpu import cpu_isa
-    from sink_modifier.export.onnx_int8 import Int8Operands
-
-    isa = cpu_isa()
-    if operands == Int8Operands.U8S8.value and isa.u8s8_saturates:
-        return (f"cause: this CPU ({isa.value}, no VNNI) runs u8s8 int8 GEMMs with saturating int16 pair sums; "
-                "export with --int8-operands auto (the default: u8u8 on such a CPU) or u8u8 (exact on every CPU)")
-    if operands is not None:
-        return (f"the int8 graph ({operands} GEMMs, CPU {isa.value}) does not reproduce the compressed-tensors "
-                "model: the checkpoint's weights, scales and config.json may not belong together; raise --atol "
-                "only if this difference is expected")
-    return "the exported graph does not reproduce the model (export in float32, or raise --atol if this is expected)"
 
 
 def export_onnx(
@@ -466,96 +306,16 @@ def _save_quantized(program, onnx_path: Path, resolved: ExportModel, plan: Quant
     return summary
 
 
-def is_onnx_export(path: Path) -> bool:
-    """Whether ``path`` is an ``.onnx`` file :func:`export_onnx` wrote (``--overwrite`` replaces only those)."""
-    import onnx
-
-    if not path.is_file():
-        return False
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 (any unreadable file is simply not one of ours)
-        return False
-    return any(entry.key == _OUR_METADATA_KEY for entry in proto.metadata_props)
 
 
-def _runtime_facts(config) -> dict[str, str]:
-    from sink_modifier.process import resolve_mask_token_id
-
-    facts = {_OUR_METADATA_KEY: "input_ids [batch, seq_len] -> logits [batch, seq_len, vocab]"}
-    try:
-        facts["mask_token_id"] = str(resolve_mask_token_id(None, config))
-    except ValueError:
-        pass
-    for key in ("max_position_embeddings", "vocab_size"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            facts[key] = str(value)
-    return facts
 
 
-def _opset_of(program) -> int | None:
-    imports = getattr(getattr(program, "model", None), "opset_imports", {}) or {}
-    value = imports.get("", imports.get("ai.onnx"))
-    return int(value) if value is not None else None
 
 
-def _metadata(model: nn.Module, source: Path | None, plan: QuantizedExportPlan, result: dict,
-              seconds: float) -> dict:
-    import onnx
-    import onnxscript
-
-    from sink_modifier.process import resolve_mask_token_id
-
-    config = getattr(model, "config", None)
-    try:
-        mask_token_id = resolve_mask_token_id(None, config)
-    except ValueError:
-        mask_token_id = None
-    float_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return {
-        "source": str(source) if source is not None else None,
-        "inputs": {"input_ids": ["batch", "seq_len"]},
-        "outputs": {"logits": ["batch", "seq_len", "vocab"]},
-        "mask_token_id": mask_token_id,
-        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
-        "vocab_size": getattr(config, "vocab_size", None),
-        "dtype": float_dtype,  # of the float parts (all of a float graph)
-        "precision": float_dtype if plan.precision is ExportPrecision.FLOAT else plan.precision.value,
-        "quantization": result.get("quantization") or (plan.describe() if plan.quantized_checkpoint else None),
-        "opset": result.get("opset"),
-        "check_max_abs_diff": result.get("diffs"),
-        "check_atol": result.get("atol"),
-        # the CPU whose ONNX Runtime gave check_max_abs_diff (int8 kernels differ by ISA)
-        "check_cpu": _check_cpu() if result.get("atol") is not None else None,
-        "check_reference": ("compressed-tensors fake-quantized PyTorch forward"
-                            if plan.precision is not ExportPrecision.FLOAT else "PyTorch forward"),
-        "bidirectional": result.get("bidirectional"),
-        "export_seconds": round(seconds, 2),
-        "exporter": "torch.onnx.export(dynamo=True)" + (f" + {plan.precision.value} rewrite"
-                                                         if result.get("quantization") else ""),
-        "optimized": result.get("optimize"),
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
-    }
 
 
-def _check_cpu() -> dict:
-    from sink_modifier.export.onnx_cpu import cpu_info
-
-    return cpu_info().describe()
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt", "generation_config.json")
 
 
-def _copy_tokenizer(source: Path | None, tokenizer, target: Path) -> None:
-    if tokenizer is not None:
-        tokenizer.save_pretrained(target)
-        return
-    if source is None:
-        return
-    for name in _TOKENIZER_FILES:
-        if (source / name).is_file():
-            (target / name).write_bytes((source / name).read_bytes())
 

@@ -23,8 +23,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sink_modifier.export.onnx_graph_edit import GraphBuilder, find_weight_matmuls, replace_weight_matmuls, require_domain
-from sink_modifier.export.onnx_quantization import QuantizedLinear, refuse_non_finite_scales
+from sink_modifier.export.onnx_graph_edit import (
+    GraphBuilder,
+    find_weight_matmuls,
+    replace_weight_matmuls,
+    require_domain,
+)
+from sink_modifier.export.onnx_quantization import (
+    QuantizedLinear,
+    refuse_non_finite_scales,
+)
 
 __all__ = ["Int4Rewrite", "pack_int4_blocks", "quantize_graph_int4"]
 

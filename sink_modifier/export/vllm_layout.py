@@ -205,9 +205,8 @@ def _ignored(module: str, ignore: list[str]) -> bool:
 
 
 def _same_values(a: tuple, b: tuple, name_a: str, name_b: str) -> bool:
-    from safetensors import safe_open
-
     import torch
+    from safetensors import safe_open
 
     with safe_open(str(a[2]), "pt") as fa, safe_open(str(b[2]), "pt") as fb:
         return torch.equal(fa.get_tensor(name_a), fb.get_tensor(name_b))
