@@ -1,6 +1,7 @@
-"""Every command README.md shows matches today's code: sub-commands, options, scripts, lm-eval args, paths.
+"""Every command the README and docs/ show matches today's code: sub-commands, options, scripts, lm-eval args, paths.
 
-Commands come from the README's shell code blocks (``bash``/``sh``/``shell``/``console`` or
+Commands come from the documents' shell code blocks (README.md, then the docs/ pages in reading
+order, :data:`DOCUMENTS`; each run from the repository root) (``bash``/``sh``/``shell``/``console`` or
 untagged; ``\\`` continuations joined, ``# comments`` and ``$`` prompts dropped) and from inline
 code spans that start with ``sink-modifier`` or run a script of ``examples/`` / ``benchmarks/``.
 Optional parts written ``[--seed 0]`` are checked like the rest; upper-case words (``N``,
@@ -37,6 +38,9 @@ from sink_modifier.cli import build_parser
 from tests.conftest import REPO, SHARED
 
 README = REPO / "README.md"
+# read in this order: a path one page writes (--output) may be read by a later one
+DOCUMENTS = [README] + [REPO / "docs" / f"{name}.md" for name in
+                        ("usage", "recipes", "deploying", "scaling", "how-it-works", "benchmarks", "architecture")]
 SHELL_TAGS = {"", "bash", "sh", "shell", "console"}
 # first words that make a line of an untagged block a command (the others are diagrams or output)
 PROGRAMS = {"sink-modifier", "sink-lm-eval", "lm_eval", "python", "python3", "torchrun", "accelerate", "bash", "pip"}
@@ -51,9 +55,10 @@ class Command:
     argv: tuple[str, ...]
     line: int
     fenced: bool = True
+    document: str = "README.md"
 
     def __str__(self) -> str:
-        return f"README.md:{self.line}: {shlex.join(self.argv)}"
+        return f"{self.document}:{self.line}: {shlex.join(self.argv)}"
 
 
 # -- extraction ------------------------------------------------------------------------------
@@ -304,8 +309,14 @@ def is_shared(path: str) -> bool:
 
 # -- tests ------------------------------------------------------------------------------------------
 def readme_commands() -> list[Command]:
-    text = README.read_text()
-    return fenced_commands(text) + inline_commands(text)
+    from dataclasses import replace
+
+    commands = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        name = str(document.relative_to(REPO))
+        commands += [replace(c, document=name) for c in fenced_commands(text) + inline_commands(text)]
+    return commands
 
 
 COMMANDS = readme_commands()
@@ -319,7 +330,7 @@ def test_the_readme_shows_the_commands_this_test_checks():
     assert any(lm_eval_args(list(c.argv)) is not None for c in COMMANDS)  # the lm-eval section
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"L{c.line}-{'-'.join(c.argv[:2])}")
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{Path(c.document).stem}-L{c.line}-{'-'.join(c.argv[:2])}")
 def test_readme_command_matches_the_code(command):
     assert check_command(command) == []
 
