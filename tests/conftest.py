@@ -120,6 +120,49 @@ def rows_loader(ids: torch.Tensor, batch_size: int = 1) -> torch.utils.data.Data
     )
 
 
+# Modules whose tests run the product end to end (oneshot, the CLI, subprocesses, exports, lm-eval):
+# marked `slow`, so `python -m pytest -m "not slow"` is a contributor's fast loop over the pure maths
+# and rules (about a tenth of the suite's time). CI runs everything.
+SLOW_MODULES = {
+    "test_calibration_weighting", "test_cli", "test_coverage", "test_diffusion_gemma_model", "test_distributed",
+    "test_fail_early", "test_family_rules", "test_generation", "test_lm_eval_adapter", "test_model_families",
+    "test_offloaded_calibration", "test_onnx_eval", "test_onnx_export", "test_onnx_int8", "test_output_safety",
+    "test_owl", "test_quantization_recipes", "test_recipe_calibration", "test_scriptable_output",
+    "test_sink_gptq_modifier", "test_sink_sparsegpt_modifier", "test_sink_stability", "test_sink_wanda_modifier",
+    "test_sweep", "test_upstream_scenarios", "test_verify", "test_vllm_layout",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (registered under its name; dataclasses look it up).
+
+    The scripts import their siblings by name, as Python finds them when a script runs from
+    ``benchmarks/``; that folder is put on the import path only while the module executes.
+    """
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(BENCHMARKS))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(BENCHMARKS))
+    return sys.modules[name]
+
+
 def requires_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is not present (../shared beside the repo)")
 

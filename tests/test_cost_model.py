@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,23 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str):
-    """A benchmarks/ module by path (benchmarks/ is scripts, not a package), registered under its
-    name: dataclasses look their module up, and cost_report imports cost_model by that name."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-cost = _load("cost_model")
-_load("process_memory"), _load("cost_measure")  # cost_report imports its siblings by name (as run from benchmarks/)
-report = _load("cost_report")
+cost = load_benchmark("cost_model")
+report = load_benchmark("cost_report")
 
 # d=8, 2 layers, 2 query heads / 1 kv head of 4, MLP 16, vocab 10
 TINY = cost.ModelShape("tiny", hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, mlp=16, vocab=10, attention="sdpa")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 from sink_modifier.sparsity_pattern import is_n_m_sparse
 from sink_modifier.runtime import AccelerationReport, accelerate_2of4, eligible_2of4_linears
-from tests.conftest import REPO, tiny_llama_config
+from tests.conftest import tiny_llama_config
 
 CUDA_SM80 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
@@ -131,10 +130,9 @@ def test_gpu_conversion_matches_dense():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("sparse24_speed", REPO / "benchmarks" / "sparse24_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_benchmark
+
+    return load_benchmark("sparse24_speed")
 
 
 TINY = ["--hidden", "64", "--mlp", "192", "--heads", "4", "--seq", "32", "--layers", "2", "--vocab", "128",
