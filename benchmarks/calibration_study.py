@@ -57,7 +57,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-
 from study_protocol import (  # noqa: E402  (benchmarks/, beside this script)
     DEV_FRACTION,
     DOMAINS,

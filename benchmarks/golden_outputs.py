@@ -77,9 +77,10 @@ def _tensor_digests(folder: Path) -> dict[str, str]:
 
 
 def _lm_eval_loglikelihoods() -> list[list]:
-    import sink_modifier.lm_eval  # noqa: F401  (registers sink_dlm)
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
+
+    import sink_modifier.lm_eval  # noqa: F401  (registers sink_dlm)
 
     lm = get_model("sink_dlm")(pretrained=str(MODEL), mc_num=8, batch_size=4, dtype="float32", device="cpu", seed=5)
     pairs = [("The river ran through the", " old town"), ("In the morning we", " walked to the station"),

@@ -50,9 +50,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
-
-from process_memory import rss_mib  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from process_memory import rss_mib  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
 NO_GPU = ("gpu_sink_check: no CUDA GPU here ({why}); nothing was measured and nothing was written. "

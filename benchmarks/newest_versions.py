@@ -30,7 +30,6 @@ from pathlib import Path
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 import torch  # noqa: E402
-
 from runtime_checkpoints import SHARED, build_checkpoints, log  # noqa: E402
 from side_venv import ensure_venv  # noqa: E402
 

@@ -58,7 +58,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # llm-compressor's per-layer progress bars
 
 import torch  # noqa: E402
-
 from process_memory import peak_rss_mib, reset_peak_rss, rss_mib, ru_maxrss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,10 +23,8 @@ import json
 import time
 from pathlib import Path
 
-
-import torch  # noqa: E402
-
 import quality as q  # noqa: E402
+import torch  # noqa: E402
 
 RESULTS = q.RESULTS
 OUT_JSON = RESULTS / "quality_extended.json"

@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from study_protocol import (  # benchmarks/, beside this script
     DOMAINS,
     MODEL_DIR,

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sink_modifier.commands.analyze import format_comparison
-    from sink_modifier.export.atomic import write_json_atomically
     from sink_modifier.diagnostics.figures import model_labels, write_figures
     from sink_modifier.diagnostics.trajectory import SINK_FLOOR, TRAJECTORY_TIMESTEPS
+    from sink_modifier.export.atomic import write_json_atomically
 
     floor = SINK_FLOOR if args.sink_floor is None else args.sink_floor
     if args.reuse_json:

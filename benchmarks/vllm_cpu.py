@@ -39,7 +39,13 @@ from pathlib import Path
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 from runtime_checkpoints import (  # noqa: E402  (benchmarks/ is the script's folder)
-    PRUNING_RECIPES, QUANTIZED_RECIPES, SHARED, build_checkpoints, log, prompt_windows, reference_greedy,
+    PRUNING_RECIPES,
+    QUANTIZED_RECIPES,
+    SHARED,
+    build_checkpoints,
+    log,
+    prompt_windows,
+    reference_greedy,
     reference_logprobs,
 )
 from side_venv import ensure_venv  # noqa: E402

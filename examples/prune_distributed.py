@@ -26,9 +26,9 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sink_modifier  # noqa: F401  (registers the modifiers for YAML recipes)
+from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
 from sink_modifier.process import LLADA_TIMESTEPS, MaskTokenProcess, build_calibration, resolve_mask_token_id
 from sink_modifier.process.sharding import calibration_fingerprint, shard_bounds, shard_calibration
-from sink_modifier.export import check_output_dir, sparsity_report, write_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from sink_modifier import console
-from sink_modifier.errors import CheckFailedError
 from sink_modifier.commands import analyze, evaluate, export_onnx, families, generate, prune, sweep, verify
+from sink_modifier.errors import CheckFailedError
 
 __all__ = ["build_parser", "main"]
 

@@ -5,11 +5,9 @@ No model runs: these are the rules every arm of the study is held to.
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.conftest import load_benchmark, tiny_llama_config, word_tokenizer
-
 
 
 @pytest.fixture(scope="module")

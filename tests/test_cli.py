@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from sink_modifier.cli import main
-from sink_modifier.export import METADATA_FILE, write_atomically
 from sink_modifier.commands.prune import prune_checkpoint
+from sink_modifier.export import METADATA_FILE, write_atomically
 from tests.conftest import CORPUS, REPO, TINY_DLM, VOCAB, _save, requires_shared, tiny_llama_config
 
 RECIPE_50 = str(REPO / "recipes" / "sink_wanda_50.yaml")

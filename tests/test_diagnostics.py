@@ -9,17 +9,25 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from sink_modifier.diagnostics import TRAJECTORY_TIMESTEPS, SinkDynamicsOptions, analyze_sink_dynamics
-from sink_modifier.diagnostics import NO_SINK, SINK_FLOOR, apply_sink_floor
-from sink_modifier.diagnostics import classify_sink_token, is_punctuation, prefix_lengths
-from sink_modifier.diagnostics.figures import STEP_AXIS, draw_heatmap, draw_ratio
 from sink_modifier.commands.analyze import ANALYSIS_FILE, format_comparison
 from sink_modifier.commands.analyze import add_parser as add_analyze_parser
 from sink_modifier.commands.analyze import run as run_analyze
-from sink_modifier.diagnostics.window_stats import _masked_position_stability
 from sink_modifier.data import load_documents, token_windows
-from sink_modifier.process import MaskTokenProcess, noise_windows
+from sink_modifier.diagnostics import (
+    NO_SINK,
+    SINK_FLOOR,
+    TRAJECTORY_TIMESTEPS,
+    SinkDynamicsOptions,
+    analyze_sink_dynamics,
+    apply_sink_floor,
+    classify_sink_token,
+    is_punctuation,
+    prefix_lengths,
+)
+from sink_modifier.diagnostics.figures import STEP_AXIS, draw_heatmap, draw_ratio
+from sink_modifier.diagnostics.window_stats import _masked_position_stability
 from sink_modifier.families import FAMILIES, load_pretrained, load_tokenizer
+from sink_modifier.process import MaskTokenProcess, noise_windows
 from sink_modifier.sinks import global_attention_mass
 from sink_modifier.sinks.per_layer import per_layer_attention_mass
 from sink_modifier.sinks.stability import dominant_sink_movement, mask_stability

@@ -12,8 +12,18 @@ import datasets
 import pytest
 import torch
 
-from sink_modifier.process import LLADA_TIMESTEPS, CalibrationSet, MaskTokenProcess, build_calibration, mask_probability, noise_windows, resolve_mask_token_id, row_generator, timestep_grid
 from sink_modifier.data import check_seq_len, load_documents, token_windows
+from sink_modifier.process import (
+    LLADA_TIMESTEPS,
+    CalibrationSet,
+    MaskTokenProcess,
+    build_calibration,
+    mask_probability,
+    noise_windows,
+    resolve_mask_token_id,
+    row_generator,
+    timestep_grid,
+)
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 TINY_DLM = SHARED / "models" / "tiny-dlm"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sink_modifier.process import UniformSubstitution, build_calibration, canvas_size, mask_probability, row_generator
 from sink_modifier.families import FAMILIES, family_of_model
+from sink_modifier.process import UniformSubstitution, build_calibration, canvas_size, mask_probability, row_generator
 from sink_modifier.sinks import global_attention_mass
 from tests.family_models.diffusion_gemma import CANVAS_LENGTH, tiny_diffusion_gemma_model
 

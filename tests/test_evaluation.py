@@ -11,7 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from sink_modifier.scoring import NelboResult, evaluate_model, fixed_ratio_masks, masked_cross_entropy, nelbo, nelbo_masks, perplexity
+from sink_modifier.scoring import (
+    NelboResult,
+    evaluate_model,
+    fixed_ratio_masks,
+    masked_cross_entropy,
+    nelbo,
+    nelbo_masks,
+    perplexity,
+)
 from sink_modifier.scoring.denoiser import aligned_logits, denoiser_logits, guided_logits, masked_token_ce
 from sink_modifier.scoring.masks import elbo_masks, stratified_counts, stratified_masks, window_generator
 

@@ -31,8 +31,7 @@ RECIPE = str(REPO / "recipes" / "sink_wanda_50.yaml")
 def loads(monkeypatch) -> list[str]:
     """Every model load attempted during the test (weights read through the family, or load_pretrained)."""
     import sink_modifier.families as families
-    from sink_modifier.families import ModelFamily
-    from sink_modifier.families import loading
+    from sink_modifier.families import ModelFamily, loading
 
     seen: list[str] = []
     original_model, original_pretrained = ModelFamily.load_model, loading.load_pretrained

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sink_modifier.cli import main
-from sink_modifier.process import MaskTokenProcess, build_calibration
 from sink_modifier.families import FAMILIES, detect_family, get_family, load_pretrained
 from sink_modifier.families.dream import boolean_attention_mask
 from sink_modifier.families.rotary import default_rope_parameters
+from sink_modifier.process import MaskTokenProcess, build_calibration
 from tests.conftest import MASK_ID, VOCAB, word_tokenizer
 from tests.family_models.build import build_dream_checkpoint, build_llada_checkpoint
 

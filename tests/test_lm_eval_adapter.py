@@ -19,8 +19,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from sink_modifier.generation import generate  # noqa: E402
 from sink_modifier.lm_eval import DiffusionLM  # noqa: E402
-from sink_modifier.scoring import elbo_masks, mc_loglikelihood, request_key  # noqa: E402
 from sink_modifier.lm_eval.tasks import TASKS, read_documents, write_local_tasks  # noqa: E402
+from sink_modifier.scoring import elbo_masks, mc_loglikelihood, request_key  # noqa: E402
 from tests.conftest import HELDOUT, MASK_ID, TINY_DLM, requires_shared  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

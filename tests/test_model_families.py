@@ -16,9 +16,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from sink_modifier.families import FAMILIES, detect_family, load_pretrained
-from sink_modifier.commands.prune import prune_checkpoint
 from sink_modifier.commands.evaluate import evaluate_checkpoint
+from sink_modifier.commands.prune import prune_checkpoint
+from sink_modifier.families import FAMILIES, detect_family, load_pretrained
 from tests.conftest import REPO, VOCAB, _save, tiny_llama_config
 from tests.family_models.build import build_dream_checkpoint, build_llada_checkpoint
 from tests.family_models.diffusion_gemma import build_diffusion_gemma_checkpoint

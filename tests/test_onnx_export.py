@@ -16,7 +16,6 @@ pytest.importorskip("onnxruntime", reason="ONNX Runtime needs the onnx extra: pi
 from sink_modifier.export.onnx_export import ONNX_FILE, ONNX_METADATA_FILE, export_onnx  # noqa: E402
 from sink_modifier.generation.onnx_runtime import OnnxDenoiser  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

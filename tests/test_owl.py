@@ -202,7 +202,13 @@ def test_layer_sparsity_outside_the_unit_interval_is_refused(four_layer_dir, cal
 def test_owl_on_a_disk_offloaded_model_onloads_one_layer_at_a_time(tmp_path):
     """OWL's dense pass and its weight reads run inside the pipeline's disable_offloading(), like the sink pass."""
     from tests.test_offloaded_calibration import (
-        LAYERS, OnloadTracker, disk_dispatched_model, plain_model, prune as prune_rows,
+        LAYERS,
+        OnloadTracker,
+        disk_dispatched_model,
+        plain_model,
+    )
+    from tests.test_offloaded_calibration import (
+        prune as prune_rows,
     )
 
     model_dir = tmp_path / "model"

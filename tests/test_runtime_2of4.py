@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from sink_modifier.sparsity_pattern import is_n_m_sparse
 from sink_modifier.runtime import AccelerationReport, accelerate_2of4, eligible_2of4_linears
+from sink_modifier.sparsity_pattern import is_n_m_sparse
 from tests.conftest import tiny_llama_config
 
 CUDA_SM80 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)

@@ -7,7 +7,6 @@ other weights, rows or sink settings miss; a damaged entry is recomputed and rew
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

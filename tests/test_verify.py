@@ -11,10 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sink_modifier.cli import main
+from sink_modifier.commands.prune import prune_checkpoint
 from sink_modifier.export import METADATA_FILE
 from sink_modifier.export.verify import VerifyReport, verify_checkpoint
 from sink_modifier.families import load_pretrained
-from sink_modifier.commands.prune import prune_checkpoint
 from tests.conftest import REPO, VOCAB
 
 RECIPE_2OF4 = REPO / "recipes" / "sink_wanda_2of4.yaml"

@@ -124,13 +124,13 @@ def analyze_models(
     import torch
 
     from sink_modifier.commands.preflight import check_model
+    from sink_modifier.data import check_seq_len, load_documents, max_sequence_length, token_windows
     from sink_modifier.diagnostics.trajectory import (
         SINK_FLOOR,
         TRAJECTORY_TIMESTEPS,
         SinkDynamicsOptions,
         analyze_sink_dynamics,
     )
-    from sink_modifier.data import check_seq_len, load_documents, max_sequence_length, token_windows
 
     timesteps = tuple(TRAJECTORY_TIMESTEPS if timesteps is None else timesteps)
     options = SinkDynamicsOptions(

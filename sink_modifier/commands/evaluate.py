@@ -100,9 +100,9 @@ def evaluate_checkpoint(
     intra-op threads (``None``: ORT's default); ``dtype`` is then the graph's own. The windows
     and masks are those of the PyTorch checkpoint with the same arguments.
     """
+    from sink_modifier.commands.onnx_preflight import check_onnx_export, refuse_onnx_export_without_onnx
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.data import load_documents, token_windows
-    from sink_modifier.commands.onnx_preflight import check_onnx_export, refuse_onnx_export_without_onnx
 
     if onnx:
         model = check_onnx_export(model_path, family=family, trust_remote_code=trust_remote_code,

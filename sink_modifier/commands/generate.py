@@ -78,8 +78,8 @@ def load_for_generation(path: str | Path, *, dtype: str = "float32", onnx: bool 
     read or its session started (:mod:`sink_modifier.commands.preflight`,
     :mod:`sink_modifier.commands.onnx_preflight`). An export folder is read through its family
     like the checkpoint it came from (mask token, logit shift)."""
-    from sink_modifier.commands.preflight import check_model
     from sink_modifier.commands.onnx_preflight import check_onnx_export, refuse_onnx_export_without_onnx
+    from sink_modifier.commands.preflight import check_model
 
     if onnx:
         checked = check_onnx_export(path, family=family, trust_remote_code=trust_remote_code,

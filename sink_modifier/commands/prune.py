@@ -178,14 +178,13 @@ def prune_checkpoint(
     output (claimed for the run: :mod:`sink_modifier.export.output_guard`), recipe, model folder,
     text, tokenizer and mask token, then the windows.
     """
+    import llmcompressor  # noqa: F401
     import torch
+    from loguru import logger
 
     # llm-compressor (and our modifiers' registration) before the model loads, as for any
     # oneshot user: loading then sees the same library state as the recipe run.
     import sink_modifier  # noqa: F401
-    import llmcompressor  # noqa: F401
-    from loguru import logger
-
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.commands.recipe_check import check_recipe
     from sink_modifier.data import load_documents, token_windows

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sink_modifier.commands.recipe_yaml import read_recipe_yaml, where as _where
+from sink_modifier.commands.recipe_yaml import read_recipe_yaml
+from sink_modifier.commands.recipe_yaml import where as _where
 
 __all__ = ["BLOCK", "CalibrationChoice", "RecipeCalibration", "parse_calibration_block", "recipe_calibration"]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sink_modifier.commands.recipe_calibration import BLOCK, RecipeCalibration, parse_calibration_block
-from sink_modifier.commands.recipe_yaml import read_recipe_yaml, where as _where
+from sink_modifier.commands.recipe_yaml import read_recipe_yaml
+from sink_modifier.commands.recipe_yaml import where as _where
 
 __all__ = ["CheckedRecipe", "check_recipe"]
 

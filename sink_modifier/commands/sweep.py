@@ -217,17 +217,17 @@ def sweep(
     given, else the recipe's ``calibration:`` block, else the defaults. Recipes that share a
     calibration share its rows (and the sink-mask cache across their points).
     """
-    import sink_modifier  # noqa: F401  (modifiers registered before the model loads, as in prune)
     import llmcompressor  # noqa: F401
     from loguru import logger
 
+    import sink_modifier  # noqa: F401  (modifiers registered before the model loads, as in prune)
     from sink_modifier.commands.preflight import check_model
     from sink_modifier.commands.prune import package_versions, prune_model
     from sink_modifier.commands.recipe_check import check_recipe
     from sink_modifier.data import load_documents, token_windows
     from sink_modifier.export import write_atomically
-    from sink_modifier.export.output_guard import claim_output
     from sink_modifier.export.atomic import json_text
+    from sink_modifier.export.output_guard import claim_output
 
     if isinstance(points, str):
         points = sparsity_points(points)

@@ -53,9 +53,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sink_modifier.data.keyed_random import digest_hex
-from sink_modifier.process import LLADA_TIMESTEPS, ForwardProcess, noise_windows
-from sink_modifier.sinks.per_layer import per_layer_attention_mass
-
 from sink_modifier.diagnostics.token_kinds import SINK_KINDS, classify_sink_token, is_punctuation, special_token_ids
 from sink_modifier.diagnostics.window_stats import (
     NO_SINK,
@@ -70,6 +67,8 @@ from sink_modifier.diagnostics.window_stats import (
     check_sink_floor,
     summarize_window,
 )
+from sink_modifier.process import LLADA_TIMESTEPS, ForwardProcess, noise_windows
+from sink_modifier.sinks.per_layer import per_layer_attention_mass
 
 if TYPE_CHECKING:
     from sink_modifier.families import ModelFamily

@@ -53,11 +53,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from tqdm.auto import tqdm
 
 from sink_modifier.generation import generate
 from sink_modifier.process.mask_token import resolve_mask_token_id
@@ -248,8 +247,8 @@ class DiffusionLM(TemplateLM):
         (family detected from ``config.json`` unless named; quantized checkpoints dequantized), an
         ONNX export folder (``onnx``) through :func:`sink_modifier.commands.onnx_preflight.check_onnx_export`,
         a loaded model keeps the family named, else the one its config shows."""
-        from sink_modifier.families import family_of_model, get_family, load_pretrained, load_tokenizer
         from sink_modifier.commands.onnx_preflight import check_onnx_export
+        from sink_modifier.families import family_of_model, get_family, load_pretrained, load_tokenizer
 
         if isinstance(pretrained, torch.nn.Module):
             if tokenizer is None:

@@ -29,13 +29,12 @@ import contextlib
 import torch
 from compressed_tensors.offload import disable_offloading
 from compressed_tensors.utils import getattr_chain
-from loguru import logger
-from pydantic import ValidationInfo, field_validator
-
 from llmcompressor.modifiers.gptq import GPTQModifier
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.modifiers.gptq.helpers import assign_batches, prepare_batch, update_batch_qparams
 from llmcompressor.utils.metric_logging import CompressionLogger
+from loguru import logger
+from pydantic import ValidationInfo, field_validator
 
 from sink_modifier.modifiers.finite_fields import check_finite
 from sink_modifier.modifiers.masked_gptq_quantize import Compensation, masked_quantize_weight

@@ -63,11 +63,10 @@ model), and the rows' (window, timestep) are read off the calibration DataLoader
 from __future__ import annotations
 
 import torch
-from loguru import logger
-from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validator
-
 from llmcompressor.core import State
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
+from loguru import logger
+from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from sink_modifier.modifiers.finite_fields import check_finite
 from sink_modifier.modifiers.owl_layers import OwlLayerSparsity

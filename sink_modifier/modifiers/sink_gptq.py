@@ -27,7 +27,6 @@ quantization_stage:
 from __future__ import annotations
 
 import torch
-
 from llmcompressor.core import Event, State
 
 from sink_modifier.modifiers.mask_preserving_gptq import MaskPreservingGPTQModifier

@@ -24,11 +24,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from loguru import logger
-from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator
-
 from llmcompressor.core import State, active_session
 from llmcompressor.modifiers.utils.hooks import HooksMixin
+from loguru import logger
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator
 
 from sink_modifier.modifiers.finite_fields import check_finite
 from sink_modifier.modifiers.row_weighting import (

@@ -37,18 +37,16 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from compressed_tensors.utils import align_module_device, get_execution_device, update_offload_parameter
-from loguru import logger
-from pydantic import Field, PrivateAttr, field_validator, model_validator
-
 from llmcompressor.core import State
 from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import (
     accumulate_hessian,
     make_empty_hessian,
     sparsify_weight,
 )
+from loguru import logger
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from sink_modifier.data.keyed_random import keyed_seed, tensor_bytes
-from sink_modifier.process import LLADA_TIMESTEPS, MaskTokenProcess, row_generator
 from sink_modifier.modifiers.data_parallel import (
     broadcast_weight,
     check_same_modules,
@@ -58,6 +56,7 @@ from sink_modifier.modifiers.data_parallel import (
 )
 from sink_modifier.modifiers.sink_base import SinkAwareSparsityBase
 from sink_modifier.modifiers.weighted_inputs import weighted_rows
+from sink_modifier.process import LLADA_TIMESTEPS, MaskTokenProcess, row_generator
 from sink_modifier.sinks import PAPER_COLLECTOR, global_attention_mass, soft_sink_mask
 
 __all__ = ["SinkAwareSparseGPTModifier"]

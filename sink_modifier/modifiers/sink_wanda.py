@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 from compressed_tensors.utils import align_module_device, get_execution_device, update_offload_parameter
+from llmcompressor.core import State, active_session
 from loguru import logger
 from pydantic import PrivateAttr
-
-from llmcompressor.core import State, active_session
 
 from sink_modifier.modifiers.data_parallel import (
     check_same_modules,
@@ -20,6 +19,7 @@ from sink_modifier.modifiers.data_parallel import (
     is_data_parallel,
     write_weight,
 )
+from sink_modifier.modifiers.settings import modifier_settings
 from sink_modifier.modifiers.sink_base import SinkAwareSparsityBase
 from sink_modifier.modifiers.wanda_scoring import (
     Statistic,
@@ -30,7 +30,6 @@ from sink_modifier.modifiers.wanda_scoring import (
     fold_contribution,
     prune_mask,
 )
-from sink_modifier.modifiers.settings import modifier_settings
 from sink_modifier.sinks.mask_cache import batch_digest, loader_batch_digests, tensors_digest
 
 __all__ = ["SinkAwareWandaPruningModifier"]

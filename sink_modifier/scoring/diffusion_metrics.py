@@ -53,7 +53,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .denoiser import Corruption, LogitsFn, check_logit_shift, denoiser_logits, masked_token_ce, model_logits, resolve_corruption
+from .denoiser import (
+    Corruption,
+    LogitsFn,
+    check_logit_shift,
+    denoiser_logits,
+    masked_token_ce,
+    model_logits,
+    resolve_corruption,
+)
 from .inference import eval_mode, input_device
 from .masks import fixed_ratio_masks, nelbo_masks
 

@@ -30,7 +30,15 @@ from tqdm.auto import tqdm
 
 from sink_modifier.data.keyed_random import keyed_seed
 
-from .denoiser import Corruption, LogitsFn, check_logit_shift, denoiser_logits, masked_token_ce, model_logits, resolve_corruption
+from .denoiser import (
+    Corruption,
+    LogitsFn,
+    check_logit_shift,
+    denoiser_logits,
+    masked_token_ce,
+    model_logits,
+    resolve_corruption,
+)
 from .inference import eval_mode, input_device
 from .masks import elbo_masks
 
