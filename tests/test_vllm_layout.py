@@ -157,6 +157,10 @@ INT8_W = dict(num_bits=8, type="int", symmetric=True, strategy="channel", dynami
       "input_activations": None}, "int-quantized", None),
     ({"weights": INT8_W, "input_activations": dict(num_bits=8, type="int", strategy="group", dynamic=True,
                                                    symmetric=True)}, "int-quantized", None),
+    # NVFP4: a GPU-only FP4 scheme this check does not mirror, neither accepted nor refused
+    ({"weights": dict(num_bits=4, type="float", symmetric=True, strategy="tensor_group", group_size=16),
+      "input_activations": dict(num_bits=4, type="float", strategy="tensor_group", group_size=16, dynamic="local")},
+     "nvfp4-pack-quantized", ""),
 ])
 def test_scheme_selection_follows_vllm(group, fmt, scheme):
     chosen, why = vllm_scheme(group, fmt)

@@ -57,6 +57,7 @@ DIFFUSION_GEMMA_MODULES = (
 FUSED_SHARDS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _LAYER_LINEAR = re.compile(r"^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$")
 _PER_EXPERT = re.compile(r"^.+\.experts\.\d+\.(gate_proj|up_proj|down_proj)\.[^.]+$")
+FP4_FORMATS = ("nvfp4-pack-quantized", "mxfp4-pack-quantized")
 _QUANTIZED_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape")
 
 
@@ -90,14 +91,17 @@ def vllm_scheme(group: dict, fmt: str | None) -> tuple[str | None, str]:
     """The vLLM compressed-tensors scheme class a ``config_groups`` entry selects, or ``(None, why)``.
 
     Mirrors ``_get_scheme_from_parts`` for integer and float 8-bit and for weight-only int
-    schemes (what llm-compressor's presets and our recipes write); FP4/MX formats are reported
-    as not checked here.
+    schemes (what llm-compressor's presets and our recipes write). FP4 / MX formats (NVFP4's
+    ``nvfp4-pack-quantized``) select GPU-only schemes this check does not mirror: ``("", why)``,
+    reported as a note, neither accepted nor refused.
     """
     w = group.get("weights") or {}
     a = group.get("input_activations")
     fmt = group.get("format") or fmt
     if not w:
         return None, "no weights quantization (vLLM uses the float method)"
+    if fmt in FP4_FORMATS:
+        return "", f"format {fmt!r}: vLLM's FP4 schemes (GPU only) are not checked here"
     strategy, bits, kind = w.get("strategy"), w.get("num_bits"), w.get("type")
     static_weight = not w.get("dynamic")
     if a is None:
@@ -182,6 +186,8 @@ def _check_quantization(config: dict, report: VllmLayoutReport) -> dict | None:
         scheme, why = vllm_scheme(group, quant.get("format"))
         if scheme is None:
             report.refusals.append(Finding("scheme", f"config_groups.{name}: {why}"))
+        elif not scheme:
+            report.notes.append(Finding("scheme_not_checked", f"config_groups.{name}: {why}"))
         else:
             report.notes.append(Finding("scheme", f"config_groups.{name} -> {scheme} ({why})"))
     return quant
