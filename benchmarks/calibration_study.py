@@ -57,22 +57,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+from bench_paths import RESULTS
 from study_protocol import (  # noqa: E402  (benchmarks/, beside this script)
     DEV_FRACTION,
     DOMAINS,
     MODEL_DIR,
     NEGLIGIBLE_NATS,
     REPORTED,
-    RESULTS,
     SEQ_LEN,
     SIGNIFICANT_Z,
+    add_protocol_arguments,
     calibration_set,
     eval_windows,
     evaluate,
     load_model,
     load_tokenizer,
     log,
-    merge_stores,
+    open_store,
     paired,
     split_corpus,
     verdict,
@@ -511,33 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="wanda,sparsegpt")
     parser.add_argument("--arms", default=None, help="comma-separated arm keys: run only these of the plans' arms")
     parser.add_argument("--sparsities", default="0.5,0.6,0.7,2:4")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rows", type=int, default=160, help="forward rows per calibrated arm (matched)")
-    parser.add_argument("--timesteps", type=int, default=10, help="timesteps of a noised arm (rows / timesteps windows)")
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--mc-samples", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--corpus-chars", type=int, default=2_000_000,
-                        help="characters of the corpus read (default: what the stored study ran with)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop starting new runs after this")
-    parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
-    parser.add_argument("--store", type=Path, default=STORE, help="results JSON (the md/png are written beside it)")
-    parser.add_argument("--merge", type=Path, default=None,
-                        help="add the runs of another store (same settings; e.g. a second process's) and report")
+    add_protocol_arguments(parser, STORE)
     args = parser.parse_args(argv)
 
     store = load_store(settings_of(args), args.store)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    store.setdefault("seeds", seeds)
-    if store["seeds"] != seeds:
-        raise SystemExit(f"the store was run with seeds {store['seeds']}; pass --seeds {','.join(map(str, store['seeds']))}")
-    if args.merge is not None:
-        added = merge_stores(store, json.loads(args.merge.read_text()))
-        save_store(store, args.store)
-        log(f"merged {added} runs from {args.merge}")
-    if args.report or args.merge is not None:
-        write_report(store, args.store)
+    seeds = open_store(args, store, save_store, write_report)
+    if seeds is None:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

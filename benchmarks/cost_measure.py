@@ -34,8 +34,6 @@ from pathlib import Path
 from cost_model import TINY_DLM, ModelShape, mass_buffer_bytes, model_params, procedure_cost  # noqa: E402
 from process_memory import reset_peak_rss, rss_mib  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
 LAYERS = 4
 HEAD_DIM = 64
 VOCAB = 8192  # the tiny-dlm tokenizer's vocabulary

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_paths import REPO, RESULTS  # noqa: E402
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "prune_distributed.py"
-RESULTS = REPO / "benchmarks" / "results"
 
 # name -> (recipe, SparseGPT hessian_dtype override or None)
 CASES = {

@@ -78,13 +78,8 @@ os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 import numpy as np
 import torch
+from bench_paths import CORPUS, HELDOUT, REPO, RESULTS, TINY_DLM  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TINY_DLM = SHARED / "models" / "tiny-dlm"
-HELDOUT = SHARED / "data" / "heldout.txt.gz"
-CORPUS = SHARED / "data" / "corpus.txt.gz"
-RESULTS = REPO / "benchmarks" / "results"
 W8A8_RECIPE = REPO / "recipes" / "sink_wanda_50_w8a8.yaml"
 W4A16_RECIPE = REPO / "recipes" / "sink_wanda_2of4_w4a16.yaml"
 # the dense W8A8 checkpoint: recipes/sink_wanda_50_w8a8.yaml's quantization stage alone (no pruning)

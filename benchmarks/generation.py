@@ -45,16 +45,11 @@ from pathlib import Path
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 import torch
+from bench_paths import CORPUS, HELDOUT, REPO, RESULTS, TINY_DLM  # noqa: E402
 
 from sink_modifier.generation import generate, generate_with_stats
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TINY_DLM = SHARED / "models" / "tiny-dlm"
-HELDOUT = SHARED / "data" / "heldout.txt.gz"
-CORPUS = SHARED / "data" / "corpus.txt.gz"
 PRUNED = REPO / "outputs" / "tiny-dlm-sink50"
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def parse_args(argv=None):

@@ -47,10 +47,9 @@ from pathlib import Path
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_paths import REPO  # noqa: E402
 from process_memory import rss_mib  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 

@@ -36,7 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime_checkpoints import CORPUS, HELDOUT, REPO, SHARED, log
+from bench_paths import SHARED
+from runtime_checkpoints import CORPUS, HELDOUT, REPO, log
 
 RESULTS = REPO / "benchmarks" / "results"
 MODEL = SHARED / "models" / "tiny-dlm"

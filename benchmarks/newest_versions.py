@@ -30,12 +30,11 @@ from pathlib import Path
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 import torch  # noqa: E402
-from runtime_checkpoints import SHARED, build_checkpoints, log  # noqa: E402
+from bench_paths import REPO, RESULTS, SHARED  # noqa: E402
+from runtime_checkpoints import build_checkpoints, log  # noqa: E402
 from side_venv import ensure_venv  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "benchmarks" / "newest_versions_worker.py"
-RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_VENV = Path("~/.cache/sink-modifier/newest-ct-tf")
 PACKAGES = ["torch==2.13.0+cpu", "transformers", "compressed-tensors", "accelerate"]
 CHECKPOINTS = ("dense", "sink_wanda_50", "sink_wanda_50_w8a8", "sink_wanda_2of4_w4a16", "sink_wanda_2of4_fp8_dynamic")

@@ -58,14 +58,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # llm-compressor's per-layer progress bars
 
 import torch  # noqa: E402
+from bench_paths import CORPUS, HELDOUT, REPO, RESULTS  # noqa: E402
+from bench_paths import TINY_DLM as MODEL_DIR
 from process_memory import peak_rss_mib, reset_peak_rss, rss_mib, ru_maxrss_mib  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-MODEL_DIR = SHARED / "models" / "tiny-dlm"
-CORPUS = SHARED / "data" / "corpus.txt.gz"
-HELDOUT = SHARED / "data" / "heldout.txt.gz"
-RESULTS = REPO / "benchmarks" / "results"
 
 SEQ_LEN = 256
 EVAL_WINDOW_SEED = 0  # which held-out windows; fixed for every run

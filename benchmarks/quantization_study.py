@@ -52,25 +52,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from bench_paths import (
+    REPO,  # noqa: E402
+    RESULTS,
+)
 from study_protocol import (  # benchmarks/, beside this script
     DOMAINS,
     MODEL_DIR,
-    RESULTS,
     SEQ_LEN,
     SIGNIFICANT_Z,
+    add_protocol_arguments,
     calibration_set,
     eval_windows,
     evaluate,
     load_model,
     load_tokenizer,
     log,
-    merge_stores,
+    open_store,
     paired,
     split_corpus,
     verdict,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 STORE = RESULTS / "quantization_study.json"
 GROUP = 32  # divides tiny-dlm's 320 and 864 (128 does not)
 AWQ_GRID = 10  # scales AWQ tries per mapping (upstream's default is 20): half the CPU time, the same for every arm
@@ -408,32 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="dense",
                         help="comma-separated: dense and/or shipped pruning recipes (names in recipes/ without .yaml)")
     parser.add_argument("--arms", default=None, help="comma-separated arm keys: run only these")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rows", type=int, default=160)
-    parser.add_argument("--timesteps", type=int, default=10)
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--mc-samples", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--corpus-chars", type=int, default=2_000_000)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--max-minutes", type=float, default=None)
-    parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
-    parser.add_argument("--store", type=Path, default=STORE)
-    parser.add_argument("--merge", type=Path, default=None,
-                        help="add the runs of another store (same settings; e.g. a second process's) and report")
+    add_protocol_arguments(parser, STORE)
     args = parser.parse_args(argv)
 
     store = load_store(settings_of(args), args.store)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    store.setdefault("seeds", seeds)
-    if store["seeds"] != seeds:
-        raise SystemExit(f"the store was run with seeds {store['seeds']}; pass --seeds {','.join(map(str, store['seeds']))}")
-    if args.merge is not None:
-        added = merge_stores(store, json.loads(args.merge.read_text()))
-        save_store(store, args.store)
-        log(f"merged {added} runs from {args.merge}")
-    if args.report or args.merge is not None:
-        write_report(store, args.store)
+    seeds = open_store(args, store, save_store, write_report)
+    if seeds is None:
         return 0
     unknown = sorted(set(args.schemes.split(",")) - set(SCHEMES))
     if unknown:

@@ -16,12 +16,8 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_paths import CORPUS, HELDOUT, RECIPES, REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CORPUS = SHARED / "data" / "corpus.txt.gz"
-HELDOUT = SHARED / "data" / "heldout.txt.gz"
-RECIPES = REPO / "recipes"
 # Recipes whose stages run on a causal model (every shipped one: Wanda/SparseGPT and RTN/GPTQ
 # quantization act on Linear layers whatever the attention); quantized ones last.
 PRUNING_RECIPES = ("sink_wanda_50", "paper_sink_wanda_50", "sink_sparsegpt_50", "sink_wanda_2of4",

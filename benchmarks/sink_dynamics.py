@@ -30,9 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-RESULTS = REPO / "benchmarks" / "results"
+from bench_paths import RESULTS, SHARED  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,11 +48,11 @@ os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
 import torch
 import torch.nn.functional as F
+from bench_paths import REPO  # noqa: E402
 from torch import nn
 
 from sink_modifier.runtime import accelerate_2of4
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "sparse24_speed.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPONENTS = ("layer", "mlp", "attn_proj", "attn_core", "lm_head", "model")

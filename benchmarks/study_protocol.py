@@ -9,6 +9,7 @@ evaluation, and the verdict of a paired comparison (:func:`sink_modifier.scoring
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,12 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SINK_MODIFIER_SHARED", REPO.parent / "shared"))
-MODEL_DIR = SHARED / "models" / "tiny-dlm"
-DATA = SHARED / "data"
-RESULTS = REPO / "benchmarks" / "results"
+from bench_paths import DATA  # noqa: E402
+from bench_paths import TINY_DLM as MODEL_DIR
 
 SEQ_LEN = 256
 DEV_FRACTION = 0.1  # tail of the corpus documents held back for choosing settings
@@ -36,6 +33,40 @@ SIGNIFICANT_Z = 2.0
 # A significant effect this small on both domains is reported as negligible: at 50% sparsity the
 # pruning gap to dense is ~0.09 nats/token, so 0.002 is about 2% of it.
 NEGLIGIBLE_NATS = 0.002
+
+
+def add_protocol_arguments(parser, store: Path) -> None:
+    """The options every study shares: matched rows, seeds, evaluation, threads and the results store."""
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", type=int, default=160, help="forward rows per calibrated arm (matched)")
+    parser.add_argument("--timesteps", type=int, default=10, help="timesteps of a noised arm (rows / timesteps windows)")
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--mc-samples", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--corpus-chars", type=int, default=2_000_000,
+                        help="characters of the corpus read (default: what the stored study ran with)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop starting new runs after this")
+    parser.add_argument("--report", action="store_true", help="only rewrite the md/png from the JSON")
+    parser.add_argument("--store", type=Path, default=store, help="results JSON (the md/png are written beside it)")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="add the runs of another store (same settings; e.g. a second process's) and report")
+
+
+def open_store(args, store: dict, save, report) -> list[int] | None:
+    """The seeds to run, checked against ``store``; ``None`` when ``--merge`` / ``--report`` did the work."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    store.setdefault("seeds", seeds)
+    if store["seeds"] != seeds:
+        raise SystemExit(f"the store was run with seeds {store['seeds']}; pass --seeds {','.join(map(str, store['seeds']))}")
+    if args.merge is not None:
+        added = merge_stores(store, json.loads(args.merge.read_text()))
+        save(store, args.store)
+        log(f"merged {added} runs from {args.merge}")
+    if args.report or args.merge is not None:
+        report(store, args.store)
+        return None
+    return seeds
 
 
 def merge_stores(into: dict, other: dict) -> int:

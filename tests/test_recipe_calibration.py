@@ -161,3 +161,52 @@ def test_the_product_recipes_cite_their_evidence_and_carry_their_rows():
         assert block.timesteps is not None and block.num_samples is not None, name
         # matched compute: every product recipe calibrates on the same 320 forward rows
         assert block.num_samples * len(block.timesteps) == 320, name
+
+
+# -- quantization recipes and benchmarks/results/quantization_study.md --------------------------------
+QUANT_STUDY = REPO / "benchmarks" / "results" / "quantization_study.md"
+# '"Quantization alone"' names a section; each later 'scheme "S", arm "A"' is a row of that section
+QUANT_CITATION = re.compile(r'"(Quantization alone|After [^"]+)"|scheme "([^"]+)", arm "([^"]+)"')
+QUANT_RECIPES = ("w4a16", "nvfp4", "fp8_dynamic", "w8a8")
+
+
+def quantization_rows() -> dict[tuple[str, str, str], str]:
+    rows, section = {}, None
+    for line in QUANT_STUDY.read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("| ") and section and not line.startswith("| scheme"):
+            cells = [c.strip() for c in line.split("|")[1:3]]
+            rows[(section, cells[0], cells[1].removesuffix(" ✓").strip())] = line
+    return rows
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_cited_quantization_row_exists_with_the_numbers_quoted(path):
+    text = header(path)
+    rows, section = quantization_rows(), None
+    for named_section, scheme, arm in QUANT_CITATION.findall(text):
+        if named_section:
+            section = named_section
+            continue
+        assert section is not None, f"{path.name} cites scheme {scheme!r} before naming its section"
+        key = (section, scheme, arm)
+        assert key in rows, f"{path.name} cites {key}, not a row of {QUANT_STUDY.name}"
+        after = text.split(f'arm "{arm}"', 1)[1].split('scheme "', 1)[0][:200]
+        for number in NUMBER.findall(after)[:2]:
+            assert number in rows[key], f"{path.name} quotes {number} for {key}; the table row says {rows[key]}"
+
+
+def test_the_quantization_recipes_cite_their_rows_and_carry_the_studys_calibration():
+    rows = quantization_rows()
+    for name in QUANT_RECIPES:
+        path = RECIPES / f"{name}.yaml"
+        text = header(path)
+        assert "quantization_study.md" in text and QUANT_CITATION.search(text), name
+        block = recipe_calibration(path)
+        chosen = [arm for _, _, arm in QUANT_CITATION.findall(text) if arm][0]
+        if chosen == "no calibration data":
+            assert block.timesteps is None, name  # a data-free scheme carries no rows
+        else:  # the study's matched compute: 160 forward rows
+            assert block.num_samples * len(block.timesteps) == 160, name
+        assert any(key[2] == chosen for key in rows), name
