@@ -67,7 +67,7 @@ def cli(args: list[str], isa: str, timeout: float) -> subprocess.CompletedProces
 
 def cpu_seen(isa: str) -> dict:
     code = ("import json; from sink_modifier.export.onnx_cpu import cpu_info; i = cpu_info(); "
-            "print(json.dumps({'isa': i.isa.value, 'u8s8_exact': i.isa.u8s8_exact, 'source': i.source}))")
+            "print(json.dumps({'isa': i.isa.value, 'u8s8_saturates': i.isa.u8s8_saturates, 'source': i.source}))")
     command = [python_binary(), "-c", code]
     if isa == "avx2-emulated":
         command = [emulator(), "-cpu", EMULATED_CPU, *command]

@@ -366,8 +366,7 @@ def write_report(store: dict, path: Path) -> None:
                     findings.append(f"- {base}, {scheme}: `{arm_key}` vs `{e['heldout']['reference']}`: "
                                     f"**{verdict(e)}** (heldout {_fmt(e['heldout']['vs_reference'])}; handbook "
                                     f"{_fmt(e['handbook']['vs_reference'])}).")
-            lines.append("")
-        lines += ["✓ = the arm chosen on `dev` for that scheme.", ""]
+        lines += ["", "✓ = the arm chosen on `dev` for that scheme.", ""]
     lines += ["## Findings (each arm against the arm it changes one thing of)", "", *findings, ""]
     text = "\n".join(lines) + "\n"
     write_file_atomically(path.with_suffix(".md"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
