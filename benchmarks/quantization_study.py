@@ -51,28 +51,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import study_protocol as protocol  # benchmarks/, beside this script
 import torch
-from bench_paths import (
-    REPO,  # noqa: E402
-    RESULTS,
-)
-from study_protocol import (  # benchmarks/, beside this script
-    DOMAINS,
-    MODEL_DIR,
-    SEQ_LEN,
-    SIGNIFICANT_Z,
-    add_protocol_arguments,
-    calibration_set,
-    eval_windows,
-    evaluate,
-    load_model,
-    load_tokenizer,
-    log,
-    open_store,
-    paired,
-    split_corpus,
-    verdict,
-)
+from bench_paths import REPO, RESULTS
 
 STORE = RESULTS / "quantization_study.json"
 GROUP = 32  # divides tiny-dlm's 320 and 864 (128 does not)
@@ -151,7 +132,9 @@ GPTQ_ARMS = (
 DATA_FREE = Arm("none", "no calibration data", "none")
 ROW_WEIGHTED_SCHEMES = ("w4a16",)
 PRUNED_ARMS = ROW_ARMS[:2]  # after a pruning recipe: clean vs noised rows for the quantization stage
-PRUNED_SCHEMES = ("w4a16",)  # GPTQ that keeps the zeros (RTN schemes keep them by construction, need no rows)
+PRUNED_SCHEMES = ("w4a16",)
+# schemes compared with each other on the same base, arm and rows: (scheme, against, what changes)
+SCHEME_PAIRS = (("w4a16_awq", "w4a16", "AWQ + RTN vs GPTQ"),)  # GPTQ that keeps the zeros (RTN schemes keep them by construction, need no rows)
 
 
 def arms_of(scheme: Scheme, base: str) -> list[Arm]:
@@ -212,14 +195,14 @@ def pruned_state(recipe: str, documents, tokenizer, config, seed: int, cache: di
     checked = check_recipe(REPO / "recipes" / f"{recipe}.yaml")
     block = checked.calibration
     timesteps = block.timesteps or LLADA_TIMESTEPS
-    windows = token_windows(documents, tokenizer, SEQ_LEN, block.num_samples or 32, seed=seed)
-    cal = build_calibration(windows, tokenizer, process=MaskTokenProcess(int(config.mask_token_id)), seq_len=SEQ_LEN,
+    windows = token_windows(documents, tokenizer, protocol.SEQ_LEN, block.num_samples or 32, seed=seed)
+    cal = build_calibration(windows, tokenizer, process=MaskTokenProcess(int(config.mask_token_id)), seq_len=protocol.SEQ_LEN,
                             num_samples=windows.shape[0], timesteps=timesteps, seed=seed, config=config)
-    model = load_model()
+    model = protocol.load_model()
     start = time.perf_counter()
     oneshot(model=model, processor=tokenizer, dataset=cal.dataloader(batch_size=16), recipe=checked.modifiers,
             pipeline="sequential")
-    log(f"pruned {recipe} (seed {seed}) on {len(cal)} rows in {time.perf_counter() - start:.0f} s")
+    protocol.log(f"pruned {recipe} (seed {seed}) on {len(cal)} rows in {time.perf_counter() - start:.0f} s")
     cache[(recipe, seed)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return cache[(recipe, seed)]
 
@@ -227,7 +210,7 @@ def pruned_state(recipe: str, documents, tokenizer, config, seed: int, cache: di
 def quantize(scheme: Scheme, arm: Arm, base_state: dict | None, cal, tokenizer, batch_size: int):
     from llmcompressor import oneshot
 
-    model = load_model()
+    model = protocol.load_model()
     if base_state is not None:
         model.load_state_dict(base_state)
     start = time.perf_counter()
@@ -242,9 +225,9 @@ def quantize(scheme: Scheme, arm: Arm, base_state: dict | None, cal, tokenizer, 
 
 # -- the store ---------------------------------------------------------------------------------------
 def settings_of(args) -> dict:
-    return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": SEQ_LEN, "eval_windows": args.eval_windows,
+    return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": protocol.SEQ_LEN, "eval_windows": args.eval_windows,
             "mc_samples": args.mc_samples, "corpus_chars": args.corpus_chars, "batch_size": args.batch_size,
-            "model": MODEL_DIR.name, "group_size": GROUP}
+            "model": protocol.MODEL_DIR.name, "group_size": GROUP}
 
 
 def load_store(settings: dict, path: Path) -> dict:
@@ -280,7 +263,7 @@ def _fmt(delta) -> str:
     if delta is None:
         return ""
     mean, se = delta
-    mark = "**" if se is not None and abs(mean) >= SIGNIFICANT_Z * se else ""
+    mark = "**" if se is not None and abs(mean) >= protocol.SIGNIFICANT_Z * se else ""
     return f"{mark}{mean:+.4f} ± {se:.4f}{mark}"
 
 
@@ -299,23 +282,39 @@ def summarize(store: dict) -> dict:
         for scheme, arms in schemes.items():
             for arm_key in list(arms):
                 arm = find_arm(arm_key)
-                windows = {d: seed_mean(store, base, scheme, arm, d, seeds) for d in DOMAINS}
+                windows = {d: seed_mean(store, base, scheme, arm, d, seeds) for d in protocol.DOMAINS}
                 if windows["dev"] is None:
                     del arms[arm_key]
                     continue
                 entry = {"label": arm.label}
-                for d in DOMAINS:
+                for d in protocol.DOMAINS:
                     entry[d] = {"nelbo": sum(windows[d]) / len(windows[d]),
-                                "vs_dense": paired(windows[d], store["dense"][d]["per_window"])}
+                                "vs_dense": protocol.paired(windows[d], store["dense"][d]["per_window"])}
                     for name, other in (("vs_reference", arm.reference), ("vs_upstream", "clean")):
                         if other and other != arm.key:
                             ref = seed_mean(store, base, scheme, find_arm(other), d, seeds)
                             if ref is not None:
-                                entry[d][name] = paired(windows[d], ref)
+                                entry[d][name] = protocol.paired(windows[d], ref)
                                 if name == "vs_reference":
                                     entry[d]["reference"] = other
                 arms[arm_key] = entry
     return table
+
+
+def scheme_findings(store: dict, table: dict) -> list[str]:
+    """One line per :data:`SCHEME_PAIRS` entry and arm both schemes ran: the algorithm is the one change."""
+    seeds = store.get("seeds", [0, 1, 2])
+    lines = []
+    for base, schemes in table.items():
+        for scheme, against, what in SCHEME_PAIRS:
+            for arm_key in (k for k in schemes.get(scheme, {}) if k in schemes.get(against, {})):
+                arm = find_arm(arm_key)
+                entry = {d: {"vs_reference": protocol.paired(seed_mean(store, base, scheme, arm, d, seeds),
+                                                              seed_mean(store, base, against, arm, d, seeds))}
+                         for d in protocol.REPORTED}
+                lines.append(f"- {base}, {what} (`{arm_key}` rows both): **{protocol.verdict(entry)}** (heldout "
+                             f"{_fmt(entry['heldout']['vs_reference'])}; handbook {_fmt(entry['handbook']['vs_reference'])}).")
+    return lines
 
 
 def chosen_on_dev(arms: dict) -> str | None:
@@ -328,7 +327,7 @@ def write_report(store: dict, path: Path) -> None:
 
     table = summarize(store)
     settings = store["settings"]
-    dense = {d: sum(store["dense"][d]["per_window"]) / len(store["dense"][d]["per_window"]) for d in DOMAINS}
+    dense = {d: sum(store["dense"][d]["per_window"]) / len(store["dense"][d]["per_window"]) for d in protocol.DOMAINS}
     lines = [
         "# Quantization study: diffusion-aware calibration rows for GPTQ, AWQ, FP8, NVFP4, W8A8, W4A4",
         "",
@@ -338,7 +337,7 @@ def write_report(store: dict, path: Path) -> None:
         f"{settings['rows'] // 5} windows × 5), seeds {', '.join(map(str, store.get('seeds', [])))}; NELBO in "
         f"nats/token (lower is better) on {settings['eval_windows']} windows × {settings['mc_samples']} masks per "
         f"domain, the same for every model; Δ = paired per-window difference (seed-averaged) ± se, **bold** = "
-        f"|Δ| ≥ {SIGNIFICANT_Z:g} se. Fake-quantized in memory (weights and activations as the scheme rounds "
+        f"|Δ| ≥ {protocol.SIGNIFICANT_Z:g} se. Fake-quantized in memory (weights and activations as the scheme rounds "
         "them); choices on `dev`, reported on `heldout` and `handbook`. Machine: "
         f"{store.get('environment', {}).get('cpu', 'unknown')}.",
         "",
@@ -364,9 +363,10 @@ def write_report(store: dict, path: Path) -> None:
                     f"{_fmt(e['heldout'].get('vs_upstream'))} / {_fmt(e['handbook'].get('vs_upstream'))} |")
                 if e["heldout"].get("vs_reference"):
                     findings.append(f"- {base}, {scheme}: `{arm_key}` vs `{e['heldout']['reference']}`: "
-                                    f"**{verdict(e)}** (heldout {_fmt(e['heldout']['vs_reference'])}; handbook "
+                                    f"**{protocol.verdict(e)}** (heldout {_fmt(e['heldout']['vs_reference'])}; handbook "
                                     f"{_fmt(e['handbook']['vs_reference'])}).")
         lines += ["", "✓ = the arm chosen on `dev` for that scheme.", ""]
+    findings += scheme_findings(store, table)
     lines += ["## Findings (each arm against the arm it changes one thing of)", "", *findings, ""]
     text = "\n".join(lines) + "\n"
     write_file_atomically(path.with_suffix(".md"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -410,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="dense",
                         help="comma-separated: dense and/or shipped pruning recipes (names in recipes/ without .yaml)")
     parser.add_argument("--arms", default=None, help="comma-separated arm keys: run only these")
-    add_protocol_arguments(parser, STORE)
+    protocol.add_protocol_arguments(parser, STORE)
     args = parser.parse_args(argv)
 
     store = load_store(settings_of(args), args.store)
-    seeds = open_store(args, store, save_store, write_report)
+    seeds = protocol.open_store(args, store, save_store, write_report)
     if seeds is None:
         return 0
     unknown = sorted(set(args.schemes.split(",")) - set(SCHEMES))
@@ -428,13 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(0)
     import llmcompressor  # noqa: F401  (after console.configure: its logs go to stderr)
 
-    tokenizer = load_tokenizer()
-    config = load_model().config
-    calib_docs, dev_docs = split_corpus(args.corpus_chars)
-    windows = eval_windows(tokenizer, dev_docs, args.eval_windows)
+    tokenizer = protocol.load_tokenizer()
+    config = protocol.load_model().config
+    calib_docs, dev_docs = protocol.split_corpus(args.corpus_chars)
+    windows = protocol.eval_windows(tokenizer, dev_docs, args.eval_windows)
     mask_token_id = int(config.mask_token_id)
     if store["dense"] is None:
-        store["dense"] = evaluate(load_model(), windows, mask_token_id, args.mc_samples)
+        store["dense"] = protocol.evaluate(protocol.load_model(), windows, mask_token_id, args.mc_samples)
         save_store(store, args.store)
     wanted = set(args.arms.split(",")) if args.arms else None
     todo = [(base, SCHEMES[s], arm, seed) for base in args.bases.split(",") for s in args.schemes.split(",")
@@ -449,13 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         if key in store["runs"]:
             continue
         if deadline is not None and time.monotonic() > deadline:
-            log("--max-minutes reached")
+            protocol.log("--max-minutes reached")
             break
         base_state = None if base == "dense" else pruned_state(base, calib_docs, tokenizer, config, seed, pruned_cache)
-        cal = None if arm.data_free else calibration_set(arm.calibration, arm.grid, calib_docs, tokenizer, config,
+        cal = None if arm.data_free else protocol.calibration_set(arm.calibration, arm.grid, calib_docs, tokenizer, config,
                                                          args.rows, args.timesteps, seed, key)
         model, seconds = quantize(scheme, arm, base_state, cal, tokenizer, args.batch_size)
-        result = {"quantize_s": round(seconds, 2), "eval": evaluate(model, windows, mask_token_id, args.mc_samples),
+        result = {"quantize_s": round(seconds, 2), "eval": protocol.evaluate(model, windows, mask_token_id, args.mc_samples),
                   "rows": 0 if cal is None else len(cal), "timesteps": None if cal is None else list(cal.timesteps),
                   "settings": arm.settings}
         del model
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
                                 "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": cpu_isa()["summary"]}
         save_store(store, args.store)
-        log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
+        protocol.log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
             f"handbook {result['eval']['handbook']['nelbo']:.4f} ({seconds:.0f}s, "
             f"{(time.monotonic() - started) / 60:.1f} min so far)")
     write_report(store, args.store)

@@ -42,11 +42,9 @@ def _random_llama(is_causal: bool):
     return LlamaForCausalLM, config
 
 
-@pytest.fixture(scope="module")
-def random_dlm() -> nn.Module:
-    """A tiny random bidirectional Llama (no training needed to test estimator arithmetic)."""
-    model_class, config = _random_llama(is_causal=False)
-    torch.manual_seed(0)
+def _sharpened_llama(is_causal: bool, seed: int) -> nn.Module:
+    model_class, config = _random_llama(is_causal=is_causal)
+    torch.manual_seed(seed)
     model = model_class(config).eval()
     # Random init gives near-uniform logits; sharpen them so CE varies across tokens and rows.
     with torch.no_grad():
@@ -55,13 +53,14 @@ def random_dlm() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
+def random_dlm() -> nn.Module:
+    """A tiny random bidirectional Llama (no training needed to test estimator arithmetic)."""
+    return _sharpened_llama(is_causal=False, seed=0)
+
+
+@pytest.fixture(scope="module")
 def random_causal() -> nn.Module:
-    LlamaForCausalLM, config = _random_llama(is_causal=True)
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return model
+    return _sharpened_llama(is_causal=True, seed=1)
 
 
 def random_windows(n: int, t: int, seed: int = 0) -> torch.Tensor:

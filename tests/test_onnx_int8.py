@@ -308,13 +308,15 @@ def test_dequantize_loads_the_w8a8_checkpoint_as_a_float_model(w8a8_dir, stored)
 
 
 # -- schemes ORT cannot run as stored: refused before any work, unless --dequantize ------------
-@pytest.fixture(scope="module")
-def fp8_dir(tiny_llama_dir, text_file, tmp_path_factory):
+def _quantized_llama(model_dir, recipe, text_file, out):
     from sink_modifier.commands.prune import prune_checkpoint
 
-    out = tmp_path_factory.mktemp("fp8") / "tiny-fp8"
-    return prune_checkpoint(tiny_llama_dir, FP8_RECIPE, text_file, out, num_samples=2, seq_len=16,
-                            timesteps=(0.5,)).output_dir
+    return prune_checkpoint(model_dir, recipe, text_file, out, num_samples=2, seq_len=16, timesteps=(0.5,)).output_dir
+
+
+@pytest.fixture(scope="module")
+def fp8_dir(tiny_llama_dir, text_file, tmp_path_factory):
+    return _quantized_llama(tiny_llama_dir, FP8_RECIPE, text_file, tmp_path_factory.mktemp("fp8") / "tiny-fp8")
 
 
 def test_fp8_is_refused_naming_dequantize_and_exports_float_with_it(fp8_dir, tmp_path, capsys):
@@ -333,11 +335,7 @@ def test_fp8_is_refused_naming_dequantize_and_exports_float_with_it(fp8_dir, tmp
 
 @pytest.fixture(scope="module")
 def w4a16_dir(tiny_llama_dir, text_file, tmp_path_factory):
-    from sink_modifier.commands.prune import prune_checkpoint
-
-    out = tmp_path_factory.mktemp("w4a16") / "tiny-w4a16"
-    return prune_checkpoint(tiny_llama_dir, W4A16_RECIPE, text_file, out, num_samples=2, seq_len=16,
-                            timesteps=(0.5,)).output_dir
+    return _quantized_llama(tiny_llama_dir, W4A16_RECIPE, text_file, tmp_path_factory.mktemp("w4a16") / "tiny-w4a16")
 
 
 def test_w4a16_exports_matmulnbits_holding_the_checkpoints_int4_values(w4a16_dir, tmp_path, capsys):

@@ -7,14 +7,13 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from sink_modifier.cli import main
 from sink_modifier.commands.prune import prune_checkpoint
 from sink_modifier.export import METADATA_FILE
 from sink_modifier.export.verify import VerifyReport, verify_checkpoint
 from sink_modifier.families import load_pretrained
+from tests.checkpoint_edits import edit_weights
 from tests.conftest import REPO, VOCAB
 
 RECIPE_2OF4 = REPO / "recipes" / "sink_wanda_2of4.yaml"
@@ -45,15 +44,6 @@ def quantized(tiny_llama_dir, text_file, tmp_path_factory):
 
 def copy(src, tmp_path):
     return shutil.copytree(src, tmp_path / src.name)
-
-
-def edit_weights(folder, edit):
-    path = folder / "model.safetensors"
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(path)
-    edit(tensors)
-    save_file(tensors, path, metadata=metadata)
 
 
 def edit_json(path, edit):

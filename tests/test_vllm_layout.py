@@ -12,12 +12,11 @@ from collections import Counter
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from sink_modifier.commands.prune import prune_checkpoint
 from sink_modifier.export.verify import verify_checkpoint
 from sink_modifier.export.vllm_layout import check_vllm_layout, vllm_scheme
+from tests.checkpoint_edits import edit_weights
 from tests.conftest import REPO
 from tests.family_models.diffusion_gemma import build_diffusion_gemma_checkpoint
 
@@ -44,15 +43,6 @@ def llama_w8a8(tiny_llama_dir, text_file, tmp_path_factory):
 
 def codes(report):
     return Counter(f.code for f in report.refusals)
-
-
-def rewrite(folder, edit):
-    path = folder / "model.safetensors"
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(path)
-    edit(tensors)
-    save_file(tensors, path, metadata=metadata)
 
 
 def test_dense_and_pruned_diffusion_gemma_map_onto_vllm_names(gemma):
@@ -82,7 +72,7 @@ def _as_upstream_writes_it(folder):
         tensors["model.decoder.layers.1.experts.gate_up_proj"] = torch.randn(4, 32, 32)
         tensors["model.decoder.layers.1.experts.down_proj"] = torch.randn(4, 32, 16)
 
-    rewrite(folder, edit)
+    edit_weights(folder, edit)
     return folder
 
 
@@ -120,7 +110,7 @@ def test_v_proj_in_a_full_attention_layer_and_wrong_expert_shape_are_refused(gem
             "model.decoder.layers.0.experts.down_proj"].transpose(1, 2).contiguous()
         tensors["model.decoder.stray.weight"] = torch.zeros(2)
 
-    rewrite(folder, edit)
+    edit_weights(folder, edit)
     report = check_vllm_layout(folder)
     assert codes(report) == Counter({"k_eq_v": 1, "experts": 1, "names": 1}), report.refusals
     assert "[4, 16, 32]" in next(f.message for f in report.refusals if f.code == "experts")

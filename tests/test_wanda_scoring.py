@@ -20,11 +20,16 @@ def _batches(seed=0):
     return xs, ws
 
 
-def test_rms_statistic_is_mean_over_samples_of_weighted_squared_norms():
-    xs, ws = _batches()
+def _accumulate(kind: str, xs, ws):
     state, n = None, 0
     for x, w in zip(xs, ws):
-        state, n = accumulate_statistic("rms", state, n, x, w)
+        state, n = accumulate_statistic(kind, state, n, x, w)
+    return state, n
+
+
+def test_rms_statistic_is_mean_over_samples_of_weighted_squared_norms():
+    xs, ws = _batches()
+    state, n = _accumulate("rms", xs, ws)
     expected = torch.zeros(5)
     for x, w in zip(xs, ws):
         for b in range(2):
@@ -37,9 +42,7 @@ def test_rms_statistic_is_mean_over_samples_of_weighted_squared_norms():
 
 def test_sum_of_norms_statistic_sums_per_sample_norms():
     xs, ws = _batches(1)
-    state, n = None, 0
-    for x, w in zip(xs, ws):
-        state, n = accumulate_statistic("sum_of_norms", state, n, x, w)
+    state, n = _accumulate("sum_of_norms", xs, ws)
     expected = torch.zeros(5)
     for x, w in zip(xs, ws):
         for b in range(2):

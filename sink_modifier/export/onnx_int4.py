@@ -29,10 +29,7 @@ from sink_modifier.export.onnx_graph_edit import (
     replace_weight_matmuls,
     require_domain,
 )
-from sink_modifier.export.onnx_quantization import (
-    QuantizedLinear,
-    refuse_non_finite_scales,
-)
+from sink_modifier.export.onnx_quantization import QuantizedLinear, refuse_non_finite_scales
 
 __all__ = ["Int4Rewrite", "pack_int4_blocks", "quantize_graph_int4"]
 

@@ -80,10 +80,7 @@ from sink_modifier.export.onnx_graph_edit import (
     replace_weight_matmuls,
     require_domain,
 )
-from sink_modifier.export.onnx_quantization import (
-    QuantizedLinear,
-    refuse_non_finite_scales,
-)
+from sink_modifier.export.onnx_quantization import QuantizedLinear, refuse_non_finite_scales
 
 __all__ = ["AUTO_OPERANDS", "OPERANDS_NOTE", "ActivationGranularity", "Int8Kernel", "Int8Operands", "Int8Rewrite",
            "choose_operands", "quantize_graph_int8"]
