@@ -42,11 +42,8 @@ figures from the JSON without running anything.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
-import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,10 +68,13 @@ from study_protocol import (  # noqa: E402  (benchmarks/, beside this script)
     eval_windows,
     evaluate,
     load_model,
+    load_store,
     load_tokenizer,
     log,
     open_store,
     paired,
+    record_run,
+    save_store,
     split_corpus,
     verdict,
 )
@@ -226,24 +226,6 @@ def settings_of(args) -> dict:
     return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": SEQ_LEN, "eval_windows": args.eval_windows,
             "mc_samples": args.mc_samples, "dev_fraction": DEV_FRACTION, "corpus_chars": args.corpus_chars,
             "batch_size": args.batch_size, "model": MODEL_DIR.name}
-
-
-def load_store(settings: dict, path: Path) -> dict:
-    if not path.exists():
-        return {"settings": settings, "dense": None, "runs": {}, "notes": []}
-    store = json.loads(path.read_text())
-    if store["settings"] != settings:
-        raise SystemExit(
-            f"{path} holds runs with other settings ({store['settings']}); run with the same options, or "
-            "move the file away to start a new study"
-        )
-    return store
-
-
-def save_store(store: dict, path: Path) -> None:
-    from sink_modifier.export.atomic import write_json_atomically
-
-    write_json_atomically(path, store, pretty=True)
 
 
 def run_key(spec, arm: Arm, seed: int | None) -> str:
@@ -515,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     add_protocol_arguments(parser, STORE)
     args = parser.parse_args(argv)
 
-    store = load_store(settings_of(args), args.store)
+    store = load_store(settings_of(args), args.store, notes=[])
     seeds = open_store(args, store, save_store, write_report)
     if seeds is None:
         return 0
@@ -570,11 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                   "settings": arm.settings}
         del model
         gc.collect()
-        store["runs"][key] = result
-        store["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
-                                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
-        save_store(store, args.store)
+        record_run(store, key, result, args.store)
         log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
             f"handbook {result['eval']['handbook']['nelbo']:.4f} (prune {prune_s:.0f}s, "
             f"{(time.monotonic() - started) / 60:.1f} min so far)")

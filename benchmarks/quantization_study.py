@@ -41,11 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import gc
-import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -230,22 +226,6 @@ def settings_of(args) -> dict:
             "model": protocol.MODEL_DIR.name, "group_size": GROUP}
 
 
-def load_store(settings: dict, path: Path) -> dict:
-    if not path.exists():
-        return {"settings": settings, "dense": None, "runs": {}}
-    store = json.loads(path.read_text())
-    if store["settings"] != settings:
-        raise SystemExit(f"{path} holds runs with other settings ({store['settings']}); run with the same options, "
-                         "or move the file away to start a new study")
-    return store
-
-
-def save_store(store: dict, path: Path) -> None:
-    from sink_modifier.export.atomic import write_json_atomically
-
-    write_json_atomically(path, store, pretty=True)
-
-
 def run_key(base: str, scheme: str, arm: Arm, seed: int | None) -> str:
     return f"{base}|{scheme}|{arm.key}|{'-' if arm.data_free or seed is None else seed}"
 
@@ -413,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol.add_protocol_arguments(parser, STORE)
     args = parser.parse_args(argv)
 
-    store = load_store(settings_of(args), args.store)
-    seeds = protocol.open_store(args, store, save_store, write_report)
+    store = protocol.load_store(settings_of(args), args.store)
+    seeds = protocol.open_store(args, store, protocol.save_store, write_report)
     if seeds is None:
         return 0
     unknown = sorted(set(args.schemes.split(",")) - set(SCHEMES))
@@ -435,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     mask_token_id = int(config.mask_token_id)
     if store["dense"] is None:
         store["dense"] = protocol.evaluate(protocol.load_model(), windows, mask_token_id, args.mc_samples)
-        save_store(store, args.store)
+        protocol.save_store(store, args.store)
     wanted = set(args.arms.split(",")) if args.arms else None
     todo = [(base, SCHEMES[s], arm, seed) for base in args.bases.split(",") for s in args.schemes.split(",")
             for arm in arms_of(SCHEMES[s], base) for seed in seeds
@@ -460,11 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                   "settings": arm.settings}
         del model
         gc.collect()
-        store["runs"][key] = result
-        store["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
-                                "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": cpu_isa()["summary"]}
-        save_store(store, args.store)
+        protocol.record_run(store, key, result, args.store, cpu=cpu_isa()["summary"])
         protocol.log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
             f"handbook {result['eval']['handbook']['nelbo']:.4f} ({seconds:.0f}s, "
             f"{(time.monotonic() - started) / 60:.1f} min so far)")

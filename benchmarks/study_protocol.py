@@ -53,6 +53,35 @@ def add_protocol_arguments(parser, store: Path) -> None:
                         help="add the runs of another store (same settings; e.g. a second process's) and report")
 
 
+def load_store(settings: dict, path: Path, **empty_fields) -> dict:
+    """The store at ``path`` (a new one, with ``empty_fields``, when there is none); refused when its settings differ."""
+    if not path.exists():
+        return {"settings": settings, "dense": None, "runs": {}, **empty_fields}
+    store = json.loads(path.read_text())
+    if store["settings"] != settings:
+        raise SystemExit(f"{path} holds runs with other settings ({store['settings']}); run with the same options, "
+                         "or move the file away to start a new study")
+    return store
+
+
+def save_store(store: dict, path: Path) -> None:
+    from sink_modifier.export.atomic import write_json_atomically
+
+    write_json_atomically(path, store, pretty=True)
+
+
+def record_run(store: dict, key: str, result: dict, path: Path, **environment) -> None:
+    """Add one finished run and save at once, so an interrupted study keeps every run it finished."""
+    import datetime
+    import platform
+
+    store["runs"][key] = result
+    store["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
+                            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), **environment}
+    save_store(store, path)
+
+
 def open_store(args, store: dict, save, report) -> list[int] | None:
     """The seeds to run, checked against ``store``; ``None`` when ``--merge`` / ``--report`` did the work."""
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -71,3 +71,15 @@ def test_stores_merge_only_with_identical_settings(protocol):
         protocol.merge_stores(base, {**other, "settings": {"rows": 80}})
     with pytest.raises(SystemExit, match="dense evaluations differ"):
         protocol.merge_stores(base, {**other, "dense": {"x": 2}})
+
+
+def test_each_finished_run_is_saved_and_a_store_of_other_settings_refused(protocol, tmp_path):
+    path = tmp_path / "study.json"
+    store = protocol.load_store({"rows": 160}, path, notes=[])
+    assert store == {"settings": {"rows": 160}, "dense": None, "runs": {}, "notes": []} and not path.exists()
+    protocol.record_run(store, "dense|w4a16|clean|0", {"eval": {"dev": {"nelbo": 4.5}}}, path, cpu="test ISA")
+    saved = protocol.load_store({"rows": 160}, path)
+    assert saved["runs"] == {"dense|w4a16|clean|0": {"eval": {"dev": {"nelbo": 4.5}}}}
+    assert saved["environment"]["cpu"] == "test ISA" and {"torch", "python", "threads", "cpus"} <= set(saved["environment"])
+    with pytest.raises(SystemExit, match="other settings"):
+        protocol.load_store({"rows": 80}, path)
