@@ -9,8 +9,10 @@ evaluation, and the verdict of a paired comparison (:func:`sink_modifier.scoring
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -72,9 +74,6 @@ def save_store(store: dict, path: Path) -> None:
 
 def record_run(store: dict, key: str, result: dict, path: Path, **environment) -> None:
     """Add one finished run and save at once, so an interrupted study keeps every run it finished."""
-    import datetime
-    import platform
-
     store["runs"][key] = result
     store["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     store["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
