@@ -22,6 +22,7 @@ import pytest
 
 from sink_modifier.cli import main
 from sink_modifier.export.output_guard import FAULT_VARIABLE
+from tests.child_process import default_sigint
 from tests.conftest import REPO
 
 RECIPE = str(REPO / "recipes" / "sink_wanda_50.yaml")
@@ -74,7 +75,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _start(argv: list[str], fault: str | None = None) -> subprocess.Popen:
     env = _env(**({FAULT_VARIABLE: fault} if fault else {}))
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            preexec_fn=default_sigint)
 
 
 def _wait_stopped(child: subprocess.Popen, timeout: float = 120) -> None:
@@ -226,7 +228,7 @@ def test_a_replacement_killed_at_any_phase_loses_nothing(previous_tasks, text_fi
     argv = [sys.executable, "-m", "sink_modifier.lm_eval.tasks", "--data", str(text_file),
             "--output", str(previous_tasks), "--num-docs", "5", "--overwrite"]
     done = subprocess.run(argv, capture_output=True, text=True, env=_env(**{FAULT_VARIABLE: f"{phase}:{signal_name}"}),
-                          timeout=120)
+                          timeout=120, preexec_fn=default_sigint)
     assert done.returncode == (-signal.SIGKILL if signal_name == "KILL" else 130), done.stderr[-2000:]
     # The next run (without --overwrite) sweeps what a killed writer left, restores a moved-aside
     # output, and then refuses: the output exists, restored or not.
@@ -263,7 +265,7 @@ def test_prune_interrupted_after_writing_leaves_the_previous_checkpoint(model, t
     assert main(prune_args(model, text_file, out)) == 0
     before = digest(out)
     done = subprocess.run(_cli(*prune_args(model, text_file, out, "--overwrite")), capture_output=True, text=True,
-                          env=_env(**{FAULT_VARIABLE: "written:INT"}), timeout=300)
+                          env=_env(**{FAULT_VARIABLE: "written:INT"}), timeout=300, preexec_fn=default_sigint)
     assert done.returncode == 130 and done.stderr.strip().splitlines()[-1] == "sink-modifier prune: interrupted"
     assert digest(out) == before and siblings(out) == []
 

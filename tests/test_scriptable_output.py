@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from sink_modifier.cli import main
+from tests.child_process import default_sigint
 from tests.conftest import HELDOUT, REPO, TINY_DLM, requires_shared
 
 pytestmark = [requires_shared(TINY_DLM), requires_shared(HELDOUT)]
@@ -122,7 +123,7 @@ def test_sigint_during_prune_exits_130_with_one_line_and_leaves_nothing(tmp_path
     out = tmp_path / "pruned"
     argv = _cli("prune", *SMALL_PRUNE, "--num-samples", "4", "--seq-len", "128", "--output", str(out))
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_user_env(),
-                             cwd=REPO)
+                             cwd=REPO, preexec_fn=default_sigint)
     before = []
     try:
         for line in child.stderr:
