@@ -43,41 +43,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
-
-import torch  # noqa: E402
+import study_protocol as protocol  # benchmarks/, beside this script (sets the offline environment first)
+import torch
 from bench_paths import RESULTS
-from study_protocol import (  # noqa: E402  (benchmarks/, beside this script)
-    DEV_FRACTION,
-    DOMAINS,
-    MODEL_DIR,
-    NEGLIGIBLE_NATS,
-    REPORTED,
-    SEQ_LEN,
-    SIGNIFICANT_Z,
-    add_protocol_arguments,
-    calibration_set,
-    eval_windows,
-    evaluate,
-    load_model,
-    load_store,
-    load_tokenizer,
-    log,
-    open_store,
-    paired,
-    record_run,
-    save_store,
-    split_corpus,
-    verdict,
-)
 
 STORE = RESULTS / "calibration_study.json"
 
@@ -208,7 +181,7 @@ def prune(arm: Arm, spec, cal, tokenizer, batch_size: int):
 
     from sink_modifier.modifiers.wanda_scoring import magnitude_prune
 
-    model = load_model()
+    model = protocol.load_model()
     start = time.perf_counter()
     if arm.base == "magnitude":
         n, m = (int(p) for p in spec.mask_structure.split(":"))
@@ -223,9 +196,9 @@ def prune(arm: Arm, spec, cal, tokenizer, batch_size: int):
 
 # -- the store ---------------------------------------------------------------------------------------
 def settings_of(args) -> dict:
-    return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": SEQ_LEN, "eval_windows": args.eval_windows,
-            "mc_samples": args.mc_samples, "dev_fraction": DEV_FRACTION, "corpus_chars": args.corpus_chars,
-            "batch_size": args.batch_size, "model": MODEL_DIR.name}
+    return {"rows": args.rows, "timesteps": args.timesteps, "seq_len": protocol.SEQ_LEN, "eval_windows": args.eval_windows,
+            "mc_samples": args.mc_samples, "dev_fraction": protocol.DEV_FRACTION, "corpus_chars": args.corpus_chars,
+            "batch_size": args.batch_size, "model": protocol.MODEL_DIR.name}
 
 
 def run_key(spec, arm: Arm, seed: int | None) -> str:
@@ -256,7 +229,7 @@ def _fmt(delta: tuple[float, float] | None) -> str:
     if delta is None:
         return ""
     mean, se = delta
-    mark = "**" if abs(mean) >= SIGNIFICANT_Z * se else ""
+    mark = "**" if abs(mean) >= protocol.SIGNIFICANT_Z * se else ""
     return f"{mark}{mean:+.4f} ± {se:.4f}{mark}"
 
 
@@ -269,25 +242,25 @@ def summarize(store: dict) -> dict:
     for spec in specs:
         rows = {}
         for arm in arms.values():
-            windows = {d: seed_mean_windows(store, spec, arm, d, seeds) for d in DOMAINS}
+            windows = {d: seed_mean_windows(store, spec, arm, d, seeds) for d in protocol.DOMAINS}
             if windows["dev"] is None:
                 continue
             entry = {"label": arm.label}
-            for d in DOMAINS:
+            for d in protocol.DOMAINS:
                 entry[d] = {
                     "nelbo": float(torch.tensor(windows[d]).mean()),
-                    "vs_dense": paired(windows[d], dense[d]["per_window"]),
+                    "vs_dense": protocol.paired(windows[d], dense[d]["per_window"]),
                 }
                 ref = arms.get(arm.reference) if arm.reference else None
                 ref_windows = seed_mean_windows(store, spec, ref, d, seeds) if ref else None
                 if ref_windows is not None:
-                    entry[d]["vs_reference"] = paired(windows[d], ref_windows)
+                    entry[d]["vs_reference"] = protocol.paired(windows[d], ref_windows)
                     entry[d]["reference"] = ref.key
                     entry[d]["seed_deltas"] = per_seed_deltas(store, spec, arm, ref, d, seeds)
                 upstream = arms.get(f"{arm.base}_clean_off")
                 up_windows = seed_mean_windows(store, spec, upstream, d, seeds) if upstream else None
                 if up_windows is not None and arm.key != upstream.key:
-                    entry[d]["vs_upstream"] = paired(windows[d], up_windows)
+                    entry[d]["vs_upstream"] = protocol.paired(windows[d], up_windows)
             rows[arm.key] = entry
         table[spec] = rows
     return table
@@ -320,13 +293,13 @@ def best_against_baseline(store: dict, table: dict) -> list[str]:
         best = min(rows, key=lambda k: rows[k]["dev"]["nelbo"])
         baseline = min(baselines, key=lambda k: rows[k]["dev"]["nelbo"])
         deltas = []
-        for d in REPORTED:
+        for d in protocol.REPORTED:
             if best == baseline:
                 deltas.append("is the baseline")
                 continue
             a = seed_mean_windows(store, spec, arms[best], d, seeds)
             b = seed_mean_windows(store, spec, arms[baseline], d, seeds)
-            deltas.append(_fmt(paired(a, b)))
+            deltas.append(_fmt(protocol.paired(a, b)))
         nelbo = lambda k: f"{rows[k]['heldout']['nelbo']:.4f} / {rows[k]['handbook']['nelbo']:.4f}"  # noqa: E731
         lines.append(f"| {spec} | {rows[best]['label']} | {nelbo(best)} | {rows[baseline]['label']} | "
                      f"{nelbo(baseline)} | {deltas[0]} | {deltas[1]} |")
@@ -340,8 +313,8 @@ def findings(table: dict) -> list[str]:
             ref = entry["heldout"].get("reference")
             if not ref:
                 continue
-            deltas = "; ".join(f"{d} {_fmt(entry[d]['vs_reference'])}" for d in REPORTED)
-            out.append(f"- {spec}: `{key}` vs `{ref}`: **{verdict(entry)}** ({deltas}).")
+            deltas = "; ".join(f"{d} {_fmt(entry[d]['vs_reference'])}" for d in protocol.REPORTED)
+            out.append(f"- {spec}: `{key}` vs `{ref}`: **{protocol.verdict(entry)}** ({deltas}).")
     return out or ["- no complete comparison yet"]
 
 
@@ -357,15 +330,15 @@ def write_report(store: dict, path: Path) -> None:
         f"Runs in `calibration_study.json` ({len(store['runs'])} pruned models), generated by "
         f"`python benchmarks/calibration_study.py`; last update {store.get('updated', '')}. Protocol: "
         "`benchmarks/README.md` (matched compute). Every calibrated arm sees "
-        f"{store['settings']['rows']} forward rows × {SEQ_LEN} tokens (clean: {store['settings']['rows']} windows; "
+        f"{store['settings']['rows']} forward rows × {protocol.SEQ_LEN} tokens (clean: {store['settings']['rows']} windows; "
         f"noised: {store['settings']['rows'] // store['settings']['timesteps']} windows × "
         f"{store['settings']['timesteps']} timesteps; mixed: {store['settings']['rows'] // 5} windows × t ∈ "
         "{0, .25, .5, .75, 1}); calibration seeds "
         f"{store.get('seeds')}. Evaluation: {store['settings']['eval_windows']} fixed windows per domain, "
         f"{store['settings']['mc_samples']} fixed NELBO masks per window (nats/token, lower is better). "
         "Δ = mean over windows of the seed-averaged per-window NELBO difference ± its standard error; "
-        f"**bold** = |Δ| ≥ {SIGNIFICANT_Z:g} se. A finding is better/worse when both domains move that way by "
-        f"≥ {SIGNIFICANT_Z:g} se, negligible when such a move stays under {NEGLIGIBLE_NATS} nats on both. "
+        f"**bold** = |Δ| ≥ {protocol.SIGNIFICANT_Z:g} se. A finding is better/worse when both domains move that way by "
+        f"≥ {protocol.SIGNIFICANT_Z:g} se, negligible when such a move stays under {protocol.NEGLIGIBLE_NATS} nats on both. "
         "`dev` (held-back corpus documents) is where settings are chosen; `heldout` and `handbook` are "
         "reported only.",
         "",
@@ -428,9 +401,9 @@ def _plot_choices(table: dict, best: dict, path: Path) -> None:
               ("Wanda, chosen on dev", lambda spec: best.get(f"{spec}|wanda")),
               ("SparseGPT, chosen on dev", lambda spec: best.get(f"{spec}|sparsegpt"))]
     colors = ["0.6", "tab:blue", "tab:orange", "tab:cyan", "tab:red"]
-    fig, axes = plt.subplots(1, len(REPORTED), figsize=(6 * len(REPORTED), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(protocol.REPORTED), figsize=(6 * len(protocol.REPORTED), 4), squeeze=False)
     width = 0.8 / len(series)
-    for ax, domain in zip(axes[0], REPORTED):
+    for ax, domain in zip(axes[0], protocol.REPORTED):
         for i, ((label, key_of), color) in enumerate(zip(series, colors)):
             xs, ys, es = [], [], []
             for j, spec in enumerate(specs):
@@ -462,8 +435,8 @@ def _plot(table: dict, path: Path) -> None:
     specs = list(table)
     if not specs:
         return
-    fig, axes = plt.subplots(1, len(REPORTED), figsize=(6 * len(REPORTED), 4), squeeze=False)
-    for ax, domain in zip(axes[0], REPORTED):
+    fig, axes = plt.subplots(1, len(protocol.REPORTED), figsize=(6 * len(protocol.REPORTED), 4), squeeze=False)
+    for ax, domain in zip(axes[0], protocol.REPORTED):
         keys = sorted({k for rows in table.values() for k in rows if k != "magnitude"})
         width = 0.8 / max(1, len(keys))
         for i, key in enumerate(keys):
@@ -494,11 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="wanda,sparsegpt")
     parser.add_argument("--arms", default=None, help="comma-separated arm keys: run only these of the plans' arms")
     parser.add_argument("--sparsities", default="0.5,0.6,0.7,2:4")
-    add_protocol_arguments(parser, STORE)
+    protocol.add_protocol_arguments(parser, STORE)
     args = parser.parse_args(argv)
 
-    store = load_store(settings_of(args), args.store, notes=[])
-    seeds = open_store(args, store, save_store, write_report)
+    store = protocol.load_store(settings_of(args), args.store, notes=[])
+    seeds = protocol.open_store(args, store, protocol.save_store, write_report)
     if seeds is None:
         return 0
     if args.threads:
@@ -523,14 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     from sink_modifier.commands.sweep import sparsity_points
 
     specs = list(sparsity_points(args.sparsities))
-    tokenizer = load_tokenizer()
-    config = load_model().config
-    calib_docs, dev_docs = split_corpus(args.corpus_chars)
-    windows = eval_windows(tokenizer, dev_docs, args.eval_windows)
-    mask_token_id = int(config.mask_token_id)
-    if store["dense"] is None:
-        store["dense"] = evaluate(load_model(), windows, mask_token_id, args.mc_samples)
-        save_store(store, args.store)
+    inputs = protocol.study_inputs(args, store)
+    tokenizer, config, calib_docs, windows = inputs.tokenizer, inputs.config, inputs.calib_docs, inputs.windows
+    mask_token_id = inputs.mask_token_id
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
     # One arm's seeds back to back: a stopped study leaves whole arms, which the report can compare.
     todo = [(spec, arm, seed) for spec in specs for arm in arms for seed in seeds
@@ -541,21 +509,19 @@ def main(argv: list[str] | None = None) -> int:
         if key in store["runs"]:
             continue
         if deadline is not None and time.monotonic() > deadline:
-            log(f"--max-minutes reached; {sum(run_key(s, a, None if a.data_free else d) not in store['runs'] for s, a, d in todo)} runs left")
+            protocol.log(f"--max-minutes reached; {sum(run_key(s, a, None if a.data_free else d) not in store['runs'] for s, a, d in todo)} runs left")
             break
-        cal = None if arm.data_free else calibration_set(arm.calibration, arm.grid, calib_docs, tokenizer, config,
+        cal = None if arm.data_free else protocol.calibration_set(arm.calibration, arm.grid, calib_docs, tokenizer, config,
                                                              args.rows, args.timesteps, seed, arm.key)
         model, prune_s = prune(arm, spec, cal, tokenizer, args.batch_size)
         result = {"prune_s": round(prune_s, 2), "achieved_sparsity": achieved_sparsity(model),
-                  "eval": evaluate(model, windows, mask_token_id, args.mc_samples),
+                  "eval": protocol.evaluate(model, windows, mask_token_id, args.mc_samples),
                   "rows": 0 if cal is None else len(cal), "timesteps": None if cal is None else list(cal.timesteps),
                   "settings": arm.settings}
         del model
         gc.collect()
-        record_run(store, key, result, args.store)
-        log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
-            f"handbook {result['eval']['handbook']['nelbo']:.4f} (prune {prune_s:.0f}s, "
-            f"{(time.monotonic() - started) / 60:.1f} min so far)")
+        protocol.record_run(store, key, result, args.store)
+        protocol.log_run(key, result, f"prune {prune_s:.0f}s", started)
     write_report(store, args.store)
     return 0
 

@@ -408,14 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(0)
     import llmcompressor  # noqa: F401  (after console.configure: its logs go to stderr)
 
-    tokenizer = protocol.load_tokenizer()
-    config = protocol.load_model().config
-    calib_docs, dev_docs = protocol.split_corpus(args.corpus_chars)
-    windows = protocol.eval_windows(tokenizer, dev_docs, args.eval_windows)
-    mask_token_id = int(config.mask_token_id)
-    if store["dense"] is None:
-        store["dense"] = protocol.evaluate(protocol.load_model(), windows, mask_token_id, args.mc_samples)
-        protocol.save_store(store, args.store)
+    inputs = protocol.study_inputs(args, store)
+    tokenizer, config, calib_docs, windows = inputs.tokenizer, inputs.config, inputs.calib_docs, inputs.windows
+    mask_token_id = inputs.mask_token_id
     wanted = set(args.arms.split(",")) if args.arms else None
     todo = [(base, SCHEMES[s], arm, seed) for base in args.bases.split(",") for s in args.schemes.split(",")
             for arm in arms_of(SCHEMES[s], base) for seed in seeds
@@ -441,9 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         del model
         gc.collect()
         protocol.record_run(store, key, result, args.store, cpu=cpu_isa()["summary"])
-        protocol.log(f"{key}: dev {result['eval']['dev']['nelbo']:.4f} heldout {result['eval']['heldout']['nelbo']:.4f} "
-            f"handbook {result['eval']['handbook']['nelbo']:.4f} ({seconds:.0f}s, "
-            f"{(time.monotonic() - started) / 60:.1f} min so far)")
+        protocol.log_run(key, result, f"{seconds:.0f}s", started)
     write_report(store, args.store)
     return 0
 

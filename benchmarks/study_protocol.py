@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,6 +112,12 @@ def merge_stores(into: dict, other: dict) -> int:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def log_run(key: str, result: dict, cost: str, started: float) -> None:
+    """One line per finished run: its NELBO on every split, what it cost, the minutes since ``started``."""
+    nelbo = " ".join(f"{domain} {result['eval'][domain]['nelbo']:.4f}" for domain in DOMAINS)
+    log(f"{key}: {nelbo} ({cost}, {(time.monotonic() - started) / 60:.1f} min so far)")
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -226,3 +233,29 @@ def evaluate(model, windows: dict[str, torch.Tensor], mask_token_id: int, mc_sam
         bound = nelbo(model, ids, mask_token_id, mc_samples=mc_samples, seed=EVAL_SEED, batch_size=16)
         out[name] = {"nelbo": bound.nelbo, "per_window": [round(float(x), 6) for x in bound.per_window]}
     return out
+
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """What every arm of a study shares: the model's tokenizer and config, calibration documents, eval windows."""
+
+    tokenizer: object
+    config: object
+    calib_docs: list[str]
+    windows: dict[str, torch.Tensor]
+
+    @property
+    def mask_token_id(self) -> int:
+        return int(self.config.mask_token_id)
+
+
+def study_inputs(args, store: dict) -> StudyInputs:
+    """Split the corpus, cut the eval windows, and evaluate the dense model once (saved in ``store``)."""
+    tokenizer = load_tokenizer()
+    config = load_model().config
+    calib_docs, dev_docs = split_corpus(args.corpus_chars)
+    inputs = StudyInputs(tokenizer, config, calib_docs, eval_windows(tokenizer, dev_docs, args.eval_windows))
+    if store["dense"] is None:
+        store["dense"] = evaluate(load_model(), inputs.windows, inputs.mask_token_id, args.mc_samples)
+        save_store(store, args.store)
+    return inputs

@@ -18,17 +18,12 @@ from transformers.modeling_outputs import MaskedLMOutput
 
 class SdpaLMConfig(PretrainedConfig):
     model_type = "sdpa_lm_test"
+    DEFAULTS = dict(vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=64,
+                    max_sequence_length=64, mask_token_id=3)
 
-    def __init__(self, vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2,
-                 mlp_hidden_size=64, max_sequence_length=64, mask_token_id=3, **kwargs):
-        self.vocab_size = vocab_size
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.n_kv_heads = n_kv_heads
-        self.n_layers = n_layers
-        self.mlp_hidden_size = mlp_hidden_size
-        self.max_sequence_length = max_sequence_length
-        self.mask_token_id = mask_token_id
+    def __init__(self, **kwargs):
+        for name, default in self.DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, default))
         super().__init__(**kwargs)
 
 

@@ -30,15 +30,7 @@ from tqdm.auto import tqdm
 
 from sink_modifier.data.keyed_random import keyed_seed
 
-from .denoiser import (
-    Corruption,
-    LogitsFn,
-    check_logit_shift,
-    denoiser_logits,
-    masked_token_ce,
-    model_logits,
-    resolve_corruption,
-)
+from . import denoiser
 from .inference import eval_mode, input_device
 from .masks import elbo_masks
 
@@ -74,8 +66,8 @@ def mc_loglikelihood(
     seed: int = 1234,
     strata_size: int | None = None,
     progress: bool = False,
-    logits_fn: LogitsFn | None = None,
-    corrupt: Corruption | None = None,
+    logits_fn: denoiser.LogitsFn | None = None,
+    corrupt: denoiser.Corruption | None = None,
 ) -> list[float]:
     """Monte-Carlo ELBO of each ``(context_ids, continuation_ids)`` pair (see the module docstring).
 
@@ -84,11 +76,11 @@ def mc_loglikelihood(
     together (``batch_size`` rows per forward, no padding), so the result does not depend on
     ``batch_size`` or on the order of ``pairs``. An empty continuation scores 0.
     """
-    check_logit_shift(logit_shift)
+    denoiser.check_logit_shift(logit_shift)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    hide = resolve_corruption(mask_token_id, corrupt)
-    forward = logits_fn if logits_fn is not None else model_logits(model)
+    hide = denoiser.resolve_corruption(mask_token_id, corrupt)
+    forward = logits_fn if logits_fn is not None else denoiser.model_logits(model)
     device = input_device(model)
     row_loss = torch.zeros(len(pairs), mc_num, dtype=torch.float64)
     weights = torch.zeros(len(pairs), mc_num, dtype=torch.float64)
@@ -121,8 +113,8 @@ def mc_loglikelihood(
             ctx = torch.tensor([row[4] for row in batch], device=device)
             context = torch.arange(clean.shape[1], device=device)[None, :] < ctx[:, None]
             unconditional = hide(noisy, context, keys, _UNCONDITIONAL_STREAM)
-        logits = denoiser_logits(forward, noisy, logit_shift=logit_shift, cfg=cfg, unconditional=unconditional)
-        ce, _ = masked_token_ce(logits, clean, mask)
+        logits = denoiser.denoiser_logits(forward, noisy, logit_shift=logit_shift, cfg=cfg, unconditional=unconditional)
+        ce, _ = denoiser.masked_token_ce(logits, clean, mask)
         sums = torch.zeros(len(batch), dtype=torch.float64)
         sums.index_add_(0, mask.nonzero()[:, 0].cpu(), ce.double().cpu())
         for b, (j, r, *_rest) in enumerate(batch):

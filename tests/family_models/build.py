@@ -68,61 +68,36 @@ def _write(path: Path, config: dict, shapes: dict, seed: int, sources: list[Path
     return path
 
 
+def _blocks(prefix: str, block: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """One block's parameter shapes, for every block ``{prefix}{i}.`` in order."""
+    return {f"{prefix}{i}.{name}": shape for i in range(LAYERS) for name, shape in block.items()}
+
+
 def build_llada_checkpoint(path, seed: int = 0) -> Path:
     """A LLaDA-8B-shaped folder at toy size (MHA, untied ``model.transformer.ff_out`` head), for trust_remote_code."""
     _, vocab, mask_id = _tokenizer_and_ids()
-    config = {
-        "architectures": ["LLaDAModelLM"],
-        "auto_map": {
-            "AutoConfig": "configuration_llada.LLaDAConfig",
-            "AutoModel": "modeling_llada.LLaDAModelLM",
-            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-        },
-        "model_type": "llada",
-        "d_model": HIDDEN,
-        "n_heads": HEADS,
-        "n_kv_heads": HEADS,
-        "n_layers": LAYERS,
-        "mlp_hidden_size": INTERMEDIATE,
-        "mlp_ratio": INTERMEDIATE // HIDDEN,
-        "vocab_size": vocab,
-        "embedding_size": vocab,
-        "max_sequence_length": MAX_POSITIONS,
-        "rope": True,
-        "rope_theta": 10000.0,
-        "rms_norm_eps": 1e-5,
-        "include_bias": False,
-        "include_qkv_bias": False,
-        "weight_tying": False,
-        "block_type": "llama",
-        "activation_type": "silu",
-        "layer_norm_type": "rms",
-        "block_group_size": 1,
-        "init_std": 0.02,
-        "mask_token_id": mask_id,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "use_cache": False,
-        "torch_dtype": "float32",
+    config = dict(
+        architectures=["LLaDAModelLM"],
+        auto_map={"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                  "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
+        model_type="llada", d_model=HIDDEN, n_heads=HEADS, n_kv_heads=HEADS, n_layers=LAYERS,
+        mlp_hidden_size=INTERMEDIATE, mlp_ratio=INTERMEDIATE // HIDDEN, vocab_size=vocab, embedding_size=vocab,
+        max_sequence_length=MAX_POSITIONS, rope=True, rope_theta=10000.0, rms_norm_eps=1e-5,
+        include_bias=False, include_qkv_bias=False, weight_tying=False, block_type="llama",
+        activation_type="silu", layer_norm_type="rms", block_group_size=1, init_std=0.02,
+        mask_token_id=mask_id, pad_token_id=0, eos_token_id=1, use_cache=False, torch_dtype="float32",
+    )
+    square, up, down = (HIDDEN, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)
+    shapes = {
+        "model.transformer.wte.weight": (vocab, HIDDEN),
+        **_blocks("model.transformer.blocks.", {
+            "attn_norm.weight": (HIDDEN,), "ff_norm.weight": (HIDDEN,),
+            "q_proj.weight": square, "k_proj.weight": square, "v_proj.weight": square, "attn_out.weight": square,
+            "ff_proj.weight": up, "up_proj.weight": up, "ff_out.weight": down,
+        }),
+        "model.transformer.ln_f.weight": (HIDDEN,),
+        "model.transformer.ff_out.weight": (vocab, HIDDEN),
     }
-    shapes = {"model.transformer.wte.weight": (vocab, HIDDEN)}
-    for i in range(LAYERS):
-        p = f"model.transformer.blocks.{i}."
-        shapes.update(
-            {
-                p + "attn_norm.weight": (HIDDEN,),
-                p + "ff_norm.weight": (HIDDEN,),
-                p + "q_proj.weight": (HIDDEN, HIDDEN),
-                p + "k_proj.weight": (HIDDEN, HIDDEN),
-                p + "v_proj.weight": (HIDDEN, HIDDEN),
-                p + "attn_out.weight": (HIDDEN, HIDDEN),
-                p + "ff_proj.weight": (INTERMEDIATE, HIDDEN),
-                p + "up_proj.weight": (INTERMEDIATE, HIDDEN),
-                p + "ff_out.weight": (HIDDEN, INTERMEDIATE),
-            }
-        )
-    shapes["model.transformer.ln_f.weight"] = (HIDDEN,)
-    shapes["model.transformer.ff_out.weight"] = (vocab, HIDDEN)
     sources = [HERE / "llada" / "configuration_llada.py", HERE / "llada" / "modeling_llada.py"]
     return _write(path, config, shapes, seed, sources)
 
@@ -132,54 +107,28 @@ def build_dream_checkpoint(path, seed: int = 0) -> Path:
     _, vocab, mask_id = _tokenizer_and_ids()
     kv_heads = 2
     kv = kv_heads * HIDDEN // HEADS
-    config = {
-        "architectures": ["DreamModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_dream.DreamConfig",
-            "AutoModel": "modeling_dream.DreamModel",
-        },
-        "model_type": "Dream",
-        "vocab_size": vocab,
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": kv_heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": MAX_POSITIONS,
-        "initializer_range": 0.02,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "rope_scaling": None,
-        "attention_dropout": 0.0,
-        "tie_word_embeddings": False,
-        "use_cache": False,
-        "mask_token_id": mask_id,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": None,
-        "torch_dtype": "float32",
+    config = dict(
+        architectures=["DreamModel"],
+        auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        model_type="Dream", vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=kv_heads, hidden_act="silu",
+        max_position_embeddings=MAX_POSITIONS, initializer_range=0.02, rms_norm_eps=1e-6, rope_theta=10000.0,
+        rope_scaling=None, attention_dropout=0.0, tie_word_embeddings=False, use_cache=False,
+        mask_token_id=mask_id, pad_token_id=0, eos_token_id=1, bos_token_id=None, torch_dtype="float32",
+    )
+    up, down = (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)
+    shapes = {
+        "model.embed_tokens.weight": (vocab, HIDDEN),
+        **_blocks("model.layers.", {
+            "input_layernorm.weight": (HIDDEN,), "post_attention_layernorm.weight": (HIDDEN,),
+            "self_attn.q_proj.weight": (HIDDEN, HIDDEN), "self_attn.q_proj.bias": (HIDDEN,),
+            "self_attn.k_proj.weight": (kv, HIDDEN), "self_attn.k_proj.bias": (kv,),
+            "self_attn.v_proj.weight": (kv, HIDDEN), "self_attn.v_proj.bias": (kv,),
+            "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            "mlp.gate_proj.weight": up, "mlp.up_proj.weight": up, "mlp.down_proj.weight": down,
+        }),
+        "model.norm.weight": (HIDDEN,),
+        "lm_head.weight": (vocab, HIDDEN),
     }
-    shapes = {"model.embed_tokens.weight": (vocab, HIDDEN)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (HIDDEN,),
-                p + "post_attention_layernorm.weight": (HIDDEN,),
-                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-                p + "self_attn.q_proj.bias": (HIDDEN,),
-                p + "self_attn.k_proj.weight": (kv, HIDDEN),
-                p + "self_attn.k_proj.bias": (kv,),
-                p + "self_attn.v_proj.weight": (kv, HIDDEN),
-                p + "self_attn.v_proj.bias": (kv,),
-                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-                p + "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN),
-                p + "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
-                p + "mlp.down_proj.weight": (HIDDEN, INTERMEDIATE),
-            }
-        )
-    shapes["model.norm.weight"] = (HIDDEN,)
-    shapes["lm_head.weight"] = (vocab, HIDDEN)
     sources = [HERE / "dream" / "configuration_dream.py", HERE / "dream" / "modeling_dream.py"]
     return _write(path, config, shapes, seed, sources)

@@ -43,51 +43,24 @@ def tiny_diffusion_gemma_config(**overrides) -> DiffusionGemmaConfig:
     dicts are merged into the tiny defaults.
     """
     text = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        layer_types=["sliding_attention", "full_attention"],
-        sliding_window=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        global_head_dim=16,
-        num_global_key_value_heads=1,
-        max_position_embeddings=128,
-        num_experts=4,
-        top_k_experts=2,
-        moe_intermediate_size=16,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        bos_token_id=None,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        layer_types=["sliding_attention", "full_attention"], sliding_window=16, max_position_embeddings=128,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, global_head_dim=16, num_global_key_value_heads=1,
+        num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+        pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=None,
         use_bidirectional_attention=None,  # encoder causal over the prompt; the decoder is always bidirectional
     )
     text.update(overrides.pop("text_config", {}) or {})
     vision = dict(
-        model_type="gemma4_vision",
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-        patch_size=4,
-        pooling_kernel_size=2,
-        position_embedding_size=64,
-        max_position_embeddings=64,
+        model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+        patch_size=4, pooling_kernel_size=2, position_embedding_size=64, max_position_embeddings=64,
     )
     vision.update(overrides.pop("vision_config", {}) or {})
     values = dict(
-        text_config=text,
-        vision_config=vision,
-        boi_token_id=BOI_ID,
-        eoi_token_id=EOI_ID,
-        image_token_id=IMAGE_ID,
-        canvas_length=CANVAS_LENGTH,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        mask_token_id=MASK_ID,
+        text_config=text, vision_config=vision, canvas_length=CANVAS_LENGTH,
+        boi_token_id=BOI_ID, eoi_token_id=EOI_ID, image_token_id=IMAGE_ID,
+        pad_token_id=PAD_ID, eos_token_id=EOS_ID, mask_token_id=MASK_ID,
     )
     values.update(overrides)
     return DiffusionGemmaConfig(**values)

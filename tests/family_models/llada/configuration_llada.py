@@ -7,29 +7,11 @@ transformers 5 pops generation keys from those kwargs, so the attribute is never
 from transformers import AutoConfig, PretrainedConfig
 
 DEFAULTS = dict(
-    d_model=768,
-    n_heads=12,
-    n_kv_heads=None,
-    n_layers=12,
-    mlp_hidden_size=None,
-    mlp_ratio=4,
-    vocab_size=50257,
-    embedding_size=50304,
-    max_sequence_length=1024,
-    rope=True,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    include_bias=False,
-    include_qkv_bias=False,
-    weight_tying=False,
-    block_type="llama",
-    activation_type="silu",
-    layer_norm_type="rms",
-    block_group_size=1,
-    init_std=0.02,
-    mask_token_id=50256,
-    pad_token_id=1,
-    eos_token_id=50256,
+    d_model=768, n_heads=12, n_kv_heads=None, n_layers=12, mlp_hidden_size=None, mlp_ratio=4,
+    vocab_size=50257, embedding_size=50304, max_sequence_length=1024,
+    rope=True, rope_theta=10000.0, rms_norm_eps=1e-5, include_bias=False, include_qkv_bias=False,
+    weight_tying=False, block_type="llama", activation_type="silu", layer_norm_type="rms",
+    block_group_size=1, init_std=0.02, mask_token_id=50256, pad_token_id=1, eos_token_id=50256,
 )
 
 
