@@ -22,7 +22,7 @@ attention would materialise ``[B, H, T, T]`` in every layer, so while an observe
 active a Hugging Face model whose ``config._attn_implementation`` is ``"eager"`` (what
 llm-compressor forces during calibration) runs a registered implementation that calls the
 model's *own* eager attention function on blocks of queries and reduces each block's
-probabilities to mass at once (:func:`_chunked_eager_attention`). Softmax rows are
+probabilities to mass at once (:mod:`sink_modifier.sinks.chunked_eager`). Softmax rows are
 independent, so this is the eager computation, block by block; models whose eager
 function cannot be found keep plain eager attention.
 
@@ -43,110 +43,27 @@ model's dtype, so ``scores`` cannot apply there.
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from sink_modifier.families.modules import attention_modules as find_attention_modules
+from sink_modifier.sinks import chunked_eager
+from sink_modifier.sinks.errors import SinkObservationError
 from sink_modifier.sinks.mass import (
     MassOrder,
     ScoreFormula,
-    _mask_block,
     mass_from_probabilities,
     mass_from_query_key,
-    per_head_mass,
-    query_chunk_size,
 )
 from sink_modifier.sinks.onload import onload_one_module_at_a_time
 
 __all__ = ["AttentionMassObserver", "SinkObservationError", "global_attention_mass"]
 
-CHUNKED_EAGER = "sink_modifier_chunked_eager"
-"""Name under which the chunked eager attention is registered with transformers."""
-
-
-class SinkObservationError(ValueError):
-    """The model ran, but no attention layer could be observed."""
-
 
 class _AllAttentionObserved(Exception):
     """Raised from the last attention module's forward hook to end a sink pass early."""
-
-
-# The observer whose chunked eager attention is running. Sink passes are single-threaded
-# forwards; the registered attention function needs a way back to its observer.
-_ACTIVE_OBSERVER: "AttentionMassObserver | None" = None
-
-
-def _eager_function(module: torch.nn.Module):
-    """The eager attention function ``module``'s forward would call (its modeling file's
-    ``eager_attention_forward``), or None."""
-    forward = getattr(type(module), "forward", None)
-    if forward is None:
-        return None
-    fn = inspect.unwrap(forward).__globals__.get("eager_attention_forward")
-    return fn if callable(fn) and fn is not _chunked_eager_attention else None
-
-
-def _chunked_eager_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    """The module's own eager attention, run on blocks of queries; each block's probabilities
-    are reduced to mass and dropped. Returns ``(attn_output, None)`` so the module-output
-    channel does not count the layer twice."""
-    eager = _eager_function(module)
-    observer = _ACTIVE_OBSERVER
-    if eager is None:
-        raise SinkObservationError(f"{type(module).__name__} has no eager_attention_forward to run in blocks")
-    if observer is None or not observer.counts(module):  # outside a sink pass, or not observed: plain eager
-        return eager(module, query, key, value, attention_mask, *args, **kwargs)
-    batch, heads, q_len = query.shape[:3]
-    k_len = key.shape[-2]
-    chunk = min(q_len, observer.chunk_size or query_chunk_size(batch, heads, k_len))
-    keys = observer.own_keys(q_len, k_len)
-    weights = observer._weights_for(q_len) if keys is not None else None
-    by_head = observer.order == "queries_then_heads"  # accumulate [B, H, K], sum heads at the end
-    outputs, mass = [], None
-    for start in range(0, q_len, chunk):
-        stop = min(start + chunk, q_len)
-        block_mask = None if attention_mask is None else _mask_block(attention_mask, start, stop, q_len)
-        out, probs = eager(module, query[:, :, start:stop], key, value, block_mask, *args, **kwargs)
-        outputs.append(out)
-        if keys is None or not isinstance(probs, torch.Tensor):
-            continue
-        block_weights = None if weights is None else weights[:, start:stop]
-        if by_head:
-            block = per_head_mass(probs.detach()[..., keys], block_weights)
-        else:
-            block = mass_from_probabilities(probs.detach()[..., keys], block_weights)
-        mass = block if mass is None else mass.add_(block)
-        del probs
-    if by_head and mass is not None:
-        mass = mass.sum(dim=1)
-    if keys is None:
-        observer.calls_skipped += 1
-    elif mass is not None:
-        observer._check_finite(mass, module)
-        observer._add(mass)
-    if len(outputs) == 1:
-        return outputs[0], None
-    if any(out.dim() < 2 or out.shape[1] != min(chunk, q_len - i * chunk) for i, out in enumerate(outputs)):
-        raise SinkObservationError(
-            f"{type(module).__name__}'s eager attention does not return [B, Q, ...]; cannot join query blocks"
-        )
-    return torch.cat(outputs, dim=1), None
-
-
-def _register_chunked_eager() -> bool:
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    except ImportError:  # pragma: no cover - transformers without attention interfaces
-        return False
-    if CHUNKED_EAGER not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionInterface.register(CHUNKED_EAGER, _chunked_eager_attention)
-        AttentionMaskInterface.register(CHUNKED_EAGER, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    return True
 
 
 class _SDPAInterceptor(TorchFunctionMode):
@@ -209,7 +126,6 @@ class AttentionMassObserver:
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> "AttentionMassObserver":
-        global _ACTIVE_OBSERVER
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self._chunked_eager_attention())
         self._handles = [
@@ -220,12 +136,11 @@ class AttentionMassObserver:
             self._handles += [m.register_forward_pre_hook(self._enter_module) for m in self.attention_modules]
         self._mode = _SDPAInterceptor(self)
         self._mode.__enter__()
-        self._previous_observer, _ACTIVE_OBSERVER = _ACTIVE_OBSERVER, self
+        self._previous_observer = chunked_eager.activate(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        global _ACTIVE_OBSERVER
-        _ACTIVE_OBSERVER = self._previous_observer
+        chunked_eager.activate(self._previous_observer)
         if self._mode is not None:
             self._mode.__exit__(*exc)
             self._mode = None
@@ -243,13 +158,13 @@ class AttentionMassObserver:
         usable = (
             getattr(config, "_attn_implementation", None) == "eager"
             and self.attention_modules
-            and all(_eager_function(m) is not None for m in self.attention_modules)
-            and _register_chunked_eager()
+            and all(chunked_eager.eager_function(m) is not None for m in self.attention_modules)
+            and chunked_eager.register()
         )
         if not usable:
             yield
             return
-        config._attn_implementation = CHUNKED_EAGER
+        config._attn_implementation = chunked_eager.CHUNKED_EAGER
         try:
             yield
         finally:
