@@ -1,48 +1,17 @@
 """lm-evaluation-harness model type ``sink_dlm`` for diffusion language models: harness glue only.
 
-A port of the paper's ``llada_dist`` wrapper (reference spec §4.1) with its bugs fixed (§7.2).
-The scoring maths is :mod:`sink_modifier.scoring` (the ELBO in :mod:`~sink_modifier.scoring.elbo`,
-its masks in :mod:`~sink_modifier.scoring.masks`, logits alignment / guidance / masked CE in
-:mod:`~sink_modifier.scoring.denoiser`); this module turns lm-eval requests into it:
-
-* **The family decides how the model is read.** The model loads through
-  :func:`sink_modifier.families.load_pretrained` (an already loaded model: the family named by
-  ``family=``, else detected from its config). The forward is ``family.logits`` (DiffusionGemma:
-  prompt encoder + canvas decoder), the alignment ``family.logit_shift`` (Dream: 1; the
-  ``logit_shift`` model arg overrides), and what hidden positions hold is
-  ``family.evaluation_corruption`` (the mask token, or uniform random tokens for DiffusionGemma,
-  whose scores are then a denoising cross-entropy, not a likelihood bound). A request whose
-  continuation the family cannot score (``family.scorable``: e.g. DiffusionGemma scores only its
-  canvas, the last ``min(canvas_length, T // 2)`` tokens, so the continuation must fit the canvas
-  and be no longer than its context) is refused with a clear error rather than mis-scored.
-* ``loglikelihood(context, continuation)``: the Monte-Carlo ELBO of the continuation
-  (:func:`~sink_modifier.scoring.elbo.mc_loglikelihood`), masks keyed by the request's token ids.
-* ``cfg > 0``: classifier-free guidance ``un + (cfg + 1)(cond - un)``; the unconditional input has
-  its context hidden by the family's corruption (the mask token for masked-diffusion families).
-* ``is_greedy`` (``is_check_greedy=True``): the reference's ``suffix_greedy_prediction``,
-  i.e. the continuation fully masked, then ``L`` steps each committing the single most
-  confident position with its argmax; that is :func:`sink_modifier.generation.generate` with
-  ``gen_length = steps = block_length = L``. Off by default (``False`` is returned) because it
-  costs ``L`` forward passes per request; the paper's scripts turn it off too. Mask-token
-  families only.
-* ``loglikelihood_rolling``: lm-eval's disjoint rolling windows of at most ``max_length``
-  tokens (prefix token first), each scored with the same ELBO; returns the sum per document.
-* ``generate_until``: the family's own sampler where it has one (``family.native_generate``),
-  else :func:`sink_modifier.generation.generate` (low-confidence remasking), cut at the first
-  EOS and the first stop string. Works in a single process (the reference crashed there).
-* **ONNX Runtime.** ``pretrained=`` a folder written by ``sink-modifier export-onnx`` (it holds
-  ``model.onnx``; fp32 or an int8 graph) runs every forward in ONNX Runtime: detected from the
-  folder, or asked for with ``onnx=True`` (``onnx=False`` refuses an export folder).
-  Family, tokenizer, mask token and logit shift come from the folder's ``config.json`` and
-  tokenizer as for the checkpoint it was exported from
-  (:mod:`sink_modifier.commands.onnx_preflight`), so loglikelihood and generation are the same
-  code on ORT logits; ``threads=N`` sets ORT's intra-op threads, ``dtype`` is the graph's own,
-  tensors stay on the CPU unless ``device`` says otherwise, and :meth:`get_model_info` records
-  the runtime (providers, threads).
-* ``accelerate launch --num_processes N``: lm-eval's evaluator shards the documents by
-  ``rank`` / ``world_size`` and gathers the results through :meth:`all_gather` /
-  :meth:`gather_object` (as for lm-eval's ``hf`` model); each rank holds its own copy of the
-  model on ``accelerator.device``.
+A port of the paper's ``llada_dist`` wrapper (reference spec §4.1) with its bugs fixed (§7.2); what
+each request type computes, and the model args, are in ``docs/deploying.md`` (lm-evaluation-harness).
+The maths is :mod:`sink_modifier.scoring` (the ELBO in :mod:`~sink_modifier.scoring.elbo`, its masks
+in :mod:`~sink_modifier.scoring.masks`, alignment / guidance / masked CE in
+:mod:`~sink_modifier.scoring.denoiser`); the model args load through :mod:`.loading`, and the
+family read there decides the forward (``family.logits``), the alignment (``family.logit_shift``)
+and what hidden positions hold (``family.evaluation_corruption``). A request the family cannot
+score (``family.scorable``: DiffusionGemma scores only its canvas) is refused, not mis-scored.
+``generate_until`` uses the family's own sampler where it has one, else
+:func:`sink_modifier.generation.generate`. Under ``accelerate launch`` / ``torchrun`` each rank
+holds its own copy of the model and lm-eval gathers through :meth:`DiffusionLM.all_gather` /
+:meth:`DiffusionLM.gather_object`, as for its ``hf`` model.
 """
 
 from __future__ import annotations
@@ -50,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from lm_eval import utils as lm_utils
@@ -59,6 +27,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from sink_modifier.generation import generate
+from sink_modifier.lm_eval.loading import as_bool, load_model_args, optional_int, use_onnx
 from sink_modifier.process.mask_token import resolve_mask_token_id
 from sink_modifier.scoring.denoiser import check_logit_shift
 from sink_modifier.scoring.elbo import mc_loglikelihood, request_key
@@ -69,23 +38,6 @@ __all__ = ["DiffusionLM"]
 log = logging.getLogger(__name__)
 
 _GENERATE_SALT = "lm_eval:generate"
-
-
-def _as_bool(value) -> bool:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no", "none", ""):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    return bool(value)
-
-
-def _optional_int(value) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    return int(value)
 
 
 @register_model("sink_dlm", "sink-dlm")
@@ -151,13 +103,13 @@ class DiffusionLM(TemplateLM):
         super().__init__()
         if unused:
             log.warning("sink_dlm ignores unknown model args %s", sorted(unused))
-        trust_remote_code = _as_bool(trust_remote_code)
-        self.onnx = self._use_onnx(pretrained, onnx)
+        trust_remote_code = as_bool(trust_remote_code)
+        self.onnx = use_onnx(pretrained, onnx)
         # ORT returns its logits on the CPU: keep the sampler's tensors there unless told otherwise
         self._setup_distributed("cpu" if self.onnx and device is None else device)
-        self._model, self.tokenizer, self.family = self._load(
+        self._model, self.tokenizer, self.family = load_model_args(
             pretrained, tokenizer, dtype, trust_remote_code, None if family in (None, "", "None") else str(family),
-            onnx=self.onnx, threads=_optional_int(threads),
+            onnx=self.onnx, threads=optional_int(threads),
         )
         if not self.family.diffusion:
             raise ValueError(
@@ -174,30 +126,30 @@ class DiffusionLM(TemplateLM):
             log.warning("sink_dlm has no automatic batch size; using 32 rows per forward")
             batch_size = 32
         self.batch_size_per_gpu = int(batch_size)
-        self.strata_size = _optional_int(strata_size)
+        self.strata_size = optional_int(strata_size)
         elbo_masks(1, self.mc_num, 0, 0, self.strata_size)  # validates mc_num / strata_size
         self.cfg = float(cfg)
-        logit_shift = _optional_int(logit_shift)
+        logit_shift = optional_int(logit_shift)
         self.logit_shift = logit_shift if logit_shift is not None else self.family.logit_shift
         check_logit_shift(self.logit_shift)
         config = getattr(self._model, "config", None)
         self.seed = int(seed)
         self.corruption = self.family.evaluation_corruption(self.tokenizer, config, self.seed)
-        mask_token_id = _optional_int(mask_token_id)
+        mask_token_id = optional_int(mask_token_id)
         if mask_token_id is None:
             mask_token_id = self.family.mask_token_id(self.tokenizer, config)
         if mask_token_id is None and self.corruption is None:
             mask_token_id = resolve_mask_token_id(self.tokenizer, config)  # raises, naming the model
         self.mask_token_id = mask_token_id
-        self.is_check_greedy = _as_bool(is_check_greedy)
+        self.is_check_greedy = as_bool(is_check_greedy)
         if self.is_check_greedy and self.family.uniform_noise:
             raise ValueError(f"is_check_greedy decodes with the mask-token sampler; family {self.family.name} "
                              "uses uniform noise and has none")
         self.gen_length, self.steps, self.block_length = int(gen_length), int(steps), int(block_length)
         self.remasking = str(remasking)
         self.temperature = float(temperature)
-        self.add_bos_token = _as_bool(add_bos_token)
-        self._max_length = _optional_int(max_length) or getattr(config, "max_position_embeddings", None) or 2048
+        self.add_bos_token = as_bool(add_bos_token)
+        self._max_length = optional_int(max_length) or getattr(config, "max_position_embeddings", None) or 2048
         self._warned_truncation = False
 
     # ------------------------------------------------------------------ setup
@@ -222,52 +174,6 @@ class DiffusionLM(TemplateLM):
             log.warning("sink_dlm: device %s requested but CUDA is not available; using cpu", device)
             device = "cpu"
         self._device = torch.device(device)
-
-    @staticmethod
-    def _use_onnx(pretrained, onnx) -> bool:
-        """``onnx=`` as given, else whether ``pretrained`` is an ONNX export folder."""
-        from sink_modifier.commands.onnx_preflight import is_onnx_export
-
-        export = not isinstance(pretrained, torch.nn.Module) and bool(pretrained) and is_onnx_export(pretrained)
-        if onnx is None or (isinstance(onnx, str) and onnx.strip().lower() in ("", "none")):
-            return export
-        onnx = _as_bool(onnx)
-        if not onnx and export:
-            raise ValueError(f"{pretrained} is an ONNX export (model.onnx, no PyTorch weights); pass onnx=True "
-                             "(or leave onnx out) to run it in ONNX Runtime")
-        if onnx and isinstance(pretrained, torch.nn.Module):
-            raise ValueError("onnx=True needs pretrained=<folder written by `sink-modifier export-onnx`>, "
-                             "not a loaded model")
-        return onnx
-
-    @staticmethod
-    def _load(pretrained, tokenizer, dtype: str, trust_remote_code: bool, family: str | None, *,
-              onnx: bool = False, threads: int | None = None):
-        """(model, tokenizer, family); a folder loads through :func:`sink_modifier.families.load_pretrained`
-        (family detected from ``config.json`` unless named; quantized checkpoints dequantized), an
-        ONNX export folder (``onnx``) through :func:`sink_modifier.commands.onnx_preflight.check_onnx_export`,
-        a loaded model keeps the family named, else the one its config shows."""
-        from sink_modifier.commands.onnx_preflight import check_onnx_export
-        from sink_modifier.families import family_of_model, get_family, load_pretrained, load_tokenizer
-
-        if isinstance(pretrained, torch.nn.Module):
-            if tokenizer is None:
-                raise ValueError("pass tokenizer=... together with an already loaded model")
-            model, chosen = pretrained, get_family(family) if family is not None else family_of_model(pretrained)
-        else:
-            if not pretrained:
-                raise ValueError("sink_dlm needs pretrained=<model folder>")
-            if onnx:
-                loaded = check_onnx_export(pretrained, family=family, trust_remote_code=trust_remote_code,
-                                           threads=threads).load()
-            else:
-                loaded = load_pretrained(pretrained, family=family, dtype=dtype, trust_remote_code=trust_remote_code)
-            model, chosen = loaded.model, loaded.family
-            if tokenizer is None:
-                tokenizer = loaded.tokenizer
-        if isinstance(tokenizer, (str, Path)):
-            tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-        return model, tokenizer, chosen
 
     # ------------------------------------------------------------------ properties
     @property
@@ -459,7 +365,7 @@ class DiffusionLM(TemplateLM):
                 until = [until]
             # the model arg decides unless the task asks for sampling (do_sample: true)
             temperature = self.temperature
-            if _as_bool(gen_kwargs.get("do_sample", False)):
+            if as_bool(gen_kwargs.get("do_sample", False)):
                 temperature = float(gen_kwargs.get("temperature", self.temperature or 1.0))
             ids = self.tok_encode(context)[-prompt_room:]
             if self.logit_shift and not ids:
