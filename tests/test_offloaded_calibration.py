@@ -21,8 +21,8 @@ from compressed_tensors.offload.cache.disk import DiskCache
 from llmcompressor import oneshot
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-import sink_modifier.sinks.observe as observe
 from sink_modifier import SinkAwareSparseGPTModifier, SinkAwareWandaPruningModifier
+from sink_modifier.sinks import chunked_eager
 from tests.conftest import noised_rows, rows_loader, tiny_llama_config, word_tokenizer
 
 LAYERS = 3
@@ -101,7 +101,7 @@ class OnloadTracker:
         self._live = [(i, ref) for i, ref in self._live if ref() is not None]
         self._live.append((layer, weakref.ref(onloaded)))
         alive = len({i for i, _ in self._live})
-        if observe._ACTIVE_OBSERVER is not None:  # inside the sink pass
+        if chunked_eager.active_observer() is not None:  # inside the sink pass
             self.sink_pass_onloads += 1
             self.sink_pass_layers.add(layer)
             self.max_layers_alive_in_sink_pass = max(self.max_layers_alive_in_sink_pass, alive)

@@ -17,7 +17,7 @@ import torch
 from sink_modifier.sinks.errors import SinkObservationError
 from sink_modifier.sinks.mass import _mask_block, mass_from_probabilities, per_head_mass, query_chunk_size
 
-__all__ = ["CHUNKED_EAGER", "activate", "chunked_eager_attention", "eager_function", "register"]
+__all__ = ["CHUNKED_EAGER", "activate", "active_observer", "chunked_eager_attention", "eager_function", "register"]
 
 CHUNKED_EAGER = "sink_modifier_chunked_eager"
 """Name under which the chunked eager attention is registered with transformers."""
@@ -33,6 +33,11 @@ def activate(observer):
     global _active_observer
     previous, _active_observer = _active_observer, observer
     return previous
+
+
+def active_observer():
+    """The observer of the sink pass running now, or None outside one."""
+    return _active_observer
 
 
 def eager_function(module: torch.nn.Module):
