@@ -79,27 +79,17 @@ __all__ = ["SinkAwareSparsityBase"]
 class SinkAwareSparsityBase(SinkRowWeighting, SparsityModifierBase):
     """Base of the sink-aware modifiers; subclasses implement ``calibrate_module`` and ``compress_modules``.
 
-    :param sparsity: fraction of weights to prune, in [0, 1] (ignored for N:M, where it is N/M);
-        a list gives one value per matched target, as upstream.
-    :param mask_structure: ``"0:0"`` unstructured, or ``"N:M"``: N of every M consecutive
-        input weights of a row are pruned (``"2:4"``).
+    Options and their constraints: ``docs/recipes.md``. The sink and row-weighting settings
+    (``sink_weighting``, ``sink_std``, ``timestep_weighting``, ...) are
+    :class:`~sink_modifier.modifiers.sink_row_weighting.SinkRowWeighting`'s.
+
+    :param sparsity: fraction of weights to prune, in [0, 1] (N/M for N:M); a list: one per target, as upstream.
+    :param mask_structure: ``"0:0"`` unstructured, or ``"N:M"`` (N of every M consecutive inputs of a row pruned).
     :param targets: modules to prune, as upstream (default ``["Linear"]``).
-    :param ignore: modules left alone, as upstream; the default ``[]`` prunes the output head
-        too when ``targets`` match it (a warning says so): list it, e.g. ``"re:.*lm_head"``
-        (the shipped recipes do; ``sink-modifier prune`` adds the family's head itself).
-    :param preserve_sparsity_mask: keep the weights that are already exactly zero pruned, as
-        part of the target (see each modifier for how they count); false: upstream's default,
-        earlier zeros may be refilled.
-    The sink and row-weighting settings (``sink_weighting``, ``sink_std``, ``timestep_weighting``, ...)
-    are :class:`~sink_modifier.modifiers.sink_row_weighting.SinkRowWeighting`'s.
-    :param sparsity_profile: ``"owl"`` with ``owl_m`` and ``owl_lmbda`` (all three or none, as
-        upstream): per-layer sparsities from OWL's outlier ratios, computed during calibration
-        from the same rows, weighted like the statistic, and applied before the first layer is
-        pruned (:mod:`sink_modifier.modifiers.owl`); they average to ``sparsity`` over the
-        layers (the pipeline's sequential targets, e.g. decoder blocks) and are reported by
-        :attr:`owl_layer_sparsity`. Unstructured only (``mask_structure: "0:0"``), one ``sparsity``.
-    :param owl_m: OWL's outlier threshold ``M``: a weight is an outlier when its score
-        ``|W| * ||X||`` exceeds ``M`` times its layer's mean score (> 0; the paper uses 5).
+    :param ignore: modules left alone, as upstream; the default ``[]`` prunes the head too (list ``"re:.*lm_head"``).
+    :param preserve_sparsity_mask: weights already exactly zero stay pruned, counted in the target.
+    :param sparsity_profile: ``"owl"`` (with ``owl_m``, ``owl_lmbda``): per-layer sparsities from OWL's outlier ratios.
+    :param owl_m: OWL's outlier threshold ``M`` (score above ``M`` times its layer's mean; > 0, the paper uses 5).
     :param owl_lmbda: OWL's ``λ``: layer sparsities lie within ``sparsity ± 2 * owl_lmbda`` (>= 0).
     """
 

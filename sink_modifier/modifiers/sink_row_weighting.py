@@ -48,44 +48,20 @@ __all__ = ["SinkRowWeighting"]
 class SinkRowWeighting(BaseModel):
     """Settings and per-batch input factors of the calibration rows (mixed into a Modifier).
 
+    What each option does, with its constraints: ``docs/recipes.md`` (sink policies,
+    diffusion-aware options) and ``docs/scaling.md`` (the sink pass's query blocks).
+
     :param sink_std: ``k`` of the sink threshold ``mean + k * std`` of the attention mass.
     :param sink_alpha: slope of the soft sink mask ``sigmoid(alpha * (mass - threshold))``.
-    :param sink_weighting: down-weight each row's sink tokens by ``1 - s``; false is the upstream
-        algorithm on the raw inputs, bit for bit (no sink pass, no family detection, no input
-        embedding needed).
-    :param attention_chunk_size: queries per block in the sink pass (eager attention run
-        in blocks, or mass recomputed from q and k for SDPA models); ``None`` picks a block
-        of about 64 MiB of float32 scores.
-    :param sink_policy: which sink occurrences are down-weighted: ``all`` (the paper's code:
-        every sink at every timestep), ``unstable`` (only at positions whose sinkness varies
-        across the timesteps of a sample, std > ``policy_unstable_std``), ``stable`` (only at
-        positions that are sinks at most timesteps and do not vary; an ablation). Policies
-        other than ``all`` need each calibration batch to hold every timestep of one window,
-        checked against the rows' (window, timestep) table: calibrate on
-        ``CalibrationSet.dataloader(batch_size=len(timesteps))`` (the CLI does this itself).
+    :param sink_weighting: down-weight each row's sink tokens by ``1 - s``; false: upstream's algorithm, bit for bit.
+    :param attention_chunk_size: queries per block of the sink pass; ``None``: about 64 MiB of float32 scores.
+    :param sink_policy: which sink occurrences count: ``all`` (the paper's), ``unstable`` or ``stable``.
     :param policy_unstable_std: std over timesteps above which a position's sinkness is unstable.
     :param policy_stable_mean: mean over timesteps from which a steady position counts as a stable sink.
-    :param mask_token_id: the model's mask token. Precedence: this field (for ``oneshot()`` users
-        without a family) > the attached family's (its forward process, as in the attached
-        calibration set) > the family detected from ``model.config`` (``config.mask_token_id``).
-    :param sink_cache_dir: a folder where each calibration batch's sink weights are kept and
-        reused by later runs on the same dense weights, rows and sink settings (a sparsity
-        sweep runs the sink pass once); entries are verified and recomputed when they do not
-        match (:mod:`sink_modifier.sinks.mask_cache`). ``None`` (default): no cache. Results are
-        bit-identical with or without it; it is not written into the saved recipe.
-    :param timestep_weighting: ``uniform`` (default): every calibration row counts the same.
-        ``elbo``: row ``r``'s contribution to the statistic (Wanda's squared column norms, a
-        Hessian term) is multiplied by the ELBO weight ``1 / t_r``, normalised to mean 1 over the
-        calibration rows (:mod:`sink_modifier.modifiers.row_weighting`); clean rows (``t = 0``) are
-        refused. A row's timestep comes from the calibration rows' table, so the DataLoader must
-        be :meth:`CalibrationSet.dataloader(...) <sink_modifier.process.calibration.CalibrationSet.dataloader>`
-        (or the set attached).
-    :param masked_position_weight: ``None`` (default): off. ``λ`` in ``[0, 1]``: each row's
-        statistic is ``n * (λ * mean over masked positions + (1 - λ) * mean over visible
-        positions)`` of the (sink-weighted) squared inputs, ``n`` its tokens, so masked positions
-        (the token ids equal to the mask token, :meth:`resolved_mask_token_id`) supply the share
-        ``λ`` of it; ``λ`` equal to a row's masked fraction leaves it unchanged. Needs a model
-        whose forward process masks (refused for uniform substitution, e.g. DiffusionGemma).
+    :param mask_token_id: the mask token (this field > the attached family's > ``config.mask_token_id``).
+    :param sink_cache_dir: folder reusing each batch's sink weights across runs (bit-identical; not saved).
+    :param timestep_weighting: ``uniform`` (default) or ``elbo`` (row ``r`` weighted by ``1 / t_r``, mean 1).
+    :param masked_position_weight: ``λ`` in ``[0, 1]``: share of each row's statistic from masked positions.
     """
 
     sink_std: float = 2.0

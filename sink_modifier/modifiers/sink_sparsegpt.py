@@ -83,25 +83,11 @@ class SinkAwareSparseGPTModifier(SinkAwareSparsityBase):
     raw inputs, same solver), except that ``sparsity: 1.0`` zeroes the layer where upstream's
     threshold lookup fails with an IndexError.
 
-    :param preserve_sparsity_mask: upstream's: the weights already exactly zero form the base
-        mask, which each block extends to the target (a block already at or above it keeps
-        its zeros and gains none); the OBS updates never write into them. A layer already
-        sparser than the target is refused (upstream's ValueError). For N:M the zeros count
-        towards each group's N; with N:M and ``block_size`` below a layer's input width,
-        upstream reads the base mask of the first block for every block (block-relative
-        column indices), and so does this modifier, which calls upstream's solver.
-
+    :param preserve_sparsity_mask: upstream's: zeros already in a weight form the base mask each block extends.
     :param block_size: columns pruned per OBS block (as llm-compressor's SparseGPT).
     :param dampening_frac: ``H += dampening_frac * mean(diag H) * I`` before inversion.
     :param offload_hessians: keep Hessians on the CPU between batches (less memory, slower).
-    :param hessian_dtype: ``float32`` (default): llm-compressor's running-mean Hessian, bit-for-bit
-        upstream's. ``float64``: exact-product sums ``Σ 2 Xᵀ diag(w²) X`` in float64, divided
-        by the row count and rounded to float32 only before the solve (twice the Hessian
-        memory). Its point is data-parallel reproducibility: the ranks' sums add up to the
-        single-process sum up to float64 rounding, so the float32 Hessian, and hence the
-        pruned weights, are those of one process except in a ~1e-9 chance per entry, whereas
-        float32 running means differ by a few ulps, which SparseGPT's solver turns into flips
-        of near-tied weights that the sequential pipeline then propagates.
+    :param hessian_dtype: ``float32`` (upstream's running mean) or ``float64`` (exact sums: data-parallel = one process).
     :param sink_mask_mode: ``per_row`` or ``reference`` (see the module docstring).
     :param reference_timesteps: timesteps of the internal noising in ``reference`` mode.
     :param reference_eps: ``eps`` of the masking probability ``(1 − eps) t + eps``.
