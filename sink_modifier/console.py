@@ -10,8 +10,8 @@ stderr, at a level per verbosity:
 ============  =====================  ===============================  ==============  ====================
 verbosity     ``sink_modifier``      upstream (llm-compressor, ...)   transformers    known upstream noise
 ============  =====================  ===============================  ==============  ====================
-0 (default)   INFO: a line a phase   WARNING                          ERROR           dropped
-1 (``-v``)    DEBUG: per layer       INFO                             WARNING         dropped
+0 (default)   INFO: a line a phase   WARNING (not METRIC)             ERROR           dropped
+1 (``-v``)    DEBUG: per layer       INFO, METRIC (GPTQ error/time)   WARNING         dropped
 2 (``-vv``)   DEBUG                  DEBUG                            INFO            shown
 ============  =====================  ===============================  ==============  ====================
 
@@ -44,6 +44,8 @@ OUR_PACKAGE = "sink_modifier"
 RECONFIGURING_MODULES = ("llmcompressor.logger", "compressed_tensors.logger")
 
 # Upstream loguru messages (by prefix) that say nothing to a user of this command line.
+UPSTREAM_METRIC = "METRIC"  # llmcompressor.logger's level for compression metrics (no. 38)
+
 UPSTREAM_NOISE = (
     # llm-compressor's get_main_device repeats it at import and at every pipeline stage; on a
     # machine without a GPU running on the CPU is the only choice, not a problem to warn about.
@@ -166,6 +168,10 @@ def _wanted(record) -> bool:
     ours = name == OUR_PACKAGE or name.startswith(OUR_PACKAGE + ".")
     threshold = (20 if _settings.verbosity == 0 else 10) if ours else _upstream_level()
     if record["level"].no < threshold:
+        return False
+    # llm-compressor's METRIC level (38, above WARNING) carries GPTQ's per-module error and time:
+    # detail, so it counts as INFO (shown from -v on, or with LLM_COMPRESSOR_LOG_LEVEL=INFO).
+    if not ours and record["level"].name == UPSTREAM_METRIC and threshold > 20:
         return False
     if not ours and _settings.verbosity < 2 and record["message"].startswith(UPSTREAM_NOISE):
         return False

@@ -81,6 +81,19 @@ def test_verbose_prune_adds_per_layer_lines_on_stderr_only(pruned, tmp_path, cap
     assert "\r" not in stderr and ".partial" not in stderr
 
 
+def test_gptq_metrics_show_only_with_verbose(tmp_path, capfd, monkeypatch):
+    """llm-compressor logs GPTQ's per-module error and time at its METRIC level (above WARNING)."""
+    monkeypatch.delenv("LLM_COMPRESSOR_LOG_LEVEL", raising=False)  # as a user runs it: -v decides
+    quantize = ["--recipe", str(REPO / "recipes" / "w4a16.yaml"), *SMALL_PRUNE[SMALL_PRUNE.index("--data"):],
+                "--model", str(TINY_DLM)]
+    assert main(["prune", *quantize, "--output", str(tmp_path / "quiet")]) == 0
+    quiet = capfd.readouterr().err.splitlines()
+    assert not [line for line in quiet if "metric:" in line or "METRIC" in line], quiet
+    assert 3 <= len(quiet) <= 6, quiet
+    assert main(["prune", "-v", *quantize, "--output", str(tmp_path / "verbose")]) == 0
+    assert [line for line in capfd.readouterr().err.splitlines() if "METRIC" in line and "error" in line]
+
+
 def test_eval_json_goes_through_a_shell_pipe():
     python = shlex.quote(sys.executable)
     command = " ".join([python, "-m", "sink_modifier", "eval", "--json", *map(shlex.quote, SMALL_EVAL),
