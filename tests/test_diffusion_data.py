@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -503,3 +505,13 @@ def test_real_tokenizer_and_corpus(tiny_tokenizer):
         build_calibration(
             CORPUS, tiny_tokenizer, process=PROCESS, seq_len=512, num_samples=1, config=config
         )
+
+
+def test_reading_text_files_needs_no_datasets_library():
+    """The scoring and data layers import without `datasets` (the GPU image has none); Datasets still work."""
+    code = ("import sys\nimport sink_modifier.scoring, sink_modifier.data\n"
+            "assert 'datasets' not in sys.modules, 'datasets imported'\n"
+            "import datasets\nfrom sink_modifier.data import load_documents\n"
+            "assert load_documents(datasets.Dataset.from_dict({'text': ['a b', 'c']})) == ['a b', 'c']\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -12,18 +12,20 @@ import codecs
 import gzip
 import json
 import os
+import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Union
+from typing import IO, TYPE_CHECKING, Union
 
-import datasets
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["DocumentSource", "SUPPORTED_EXTENSIONS", "load_documents"]
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
 
-DocumentSource = Union[str, os.PathLike, datasets.Dataset, Sequence[str]]
+DocumentSource = Union[str, os.PathLike, "datasets.Dataset", Sequence[str]]
 
 
 def load_documents(
@@ -99,7 +101,7 @@ def _take(
 def _iter_source(source: DocumentSource) -> Iterator[str]:
     if isinstance(source, (str, os.PathLike)):
         return _iter_file(Path(source))
-    if isinstance(source, datasets.Dataset):
+    if _is_dataset(source):
         return _iter_dataset(source)
     if isinstance(source, (list, tuple)):
         return _iter_strings(source)
@@ -118,6 +120,12 @@ def _iter_strings(texts: Sequence[object]) -> Iterator[str]:
                 "pass a list of strings"
             )
         yield text
+
+
+def _is_dataset(source) -> bool:
+    # A Dataset exists only where `datasets` was imported: reading files needs no `datasets` at all.
+    module = sys.modules.get("datasets")
+    return module is not None and isinstance(source, module.Dataset)
 
 
 def _iter_dataset(dataset: datasets.Dataset) -> Iterator[str]:
@@ -247,6 +255,6 @@ def _iter_jsonl(path: Path) -> Iterator[str]:
 def _describe(source: DocumentSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
-    if isinstance(source, datasets.Dataset):
+    if _is_dataset(source):
         return f"Dataset ({source.num_rows} rows)"
     return f"document list ({len(source)} items)"
