@@ -12,13 +12,12 @@ tokenizer), never masked, the position where real LMs' attention sinks sit.
 
 OUT is a Hugging Face folder (``config.json`` with ``is_causal: false``, ``model-*.safetensors``
 shards of at most ``--max-shard-mb``, the tokenizer, ``train_stats.json``) that loads with
-``AutoModelForCausalLM.from_pretrained(OUT)``. Needs torch, transformers and tokenizers only.
+``AutoModelForCausalLM.from_pretrained(OUT)``. Needs torch, transformers, tokenizers and this package (no llm-compressor, no datasets).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import sys
@@ -29,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from bench_paths import CORPUS, HELDOUT, TINY_DLM
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from sink_modifier.data import load_documents
 
 BOS = "<|bos|>"
 EPS = 1e-3  # LLaDA's floor on the masking probability
@@ -45,19 +46,6 @@ def log(message: str) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def documents(path: Path, max_chars: int | None) -> list[str]:
-    """The shipped corpora: one document a line (gzip'd text), read up to ``max_chars``."""
-    out, total = [], 0
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                out.append(line.rstrip("\n"))
-                total += len(line)
-                if max_chars is not None and total >= max_chars:
-                    break
-    return out
-
-
 def token_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     """The documents' tokens, each document followed by ``<|eos|>`` (as tiny-dlm was trained)."""
     ids: list[int] = []
@@ -134,8 +122,8 @@ def train(args) -> dict:
     tokenizer.add_special_tokens({"bos_token": BOS})
     bos, mask_id = tokenizer.bos_token_id, tokenizer.mask_token_id
     vocab = math.ceil(len(tokenizer) / 64) * 64
-    stream = token_stream(tokenizer, documents(args.data, args.max_chars))
-    heldout = token_stream(tokenizer, documents(args.heldout, args.max_chars))
+    stream = token_stream(tokenizer, load_documents(args.data, max_chars=args.max_chars))
+    heldout = token_stream(tokenizer, load_documents(args.heldout, max_chars=args.max_chars))
     eval_starts = torch.arange(args.eval_windows) * (args.seq_len - 1)
     eval_windows = bos_windows(heldout, eval_starts[eval_starts + args.seq_len < len(heldout)], args.seq_len, bos)
     log(f"{len(stream):,} training tokens, {len(eval_windows)} held-out windows of {args.seq_len}")
